@@ -1,0 +1,156 @@
+"""One settings object for the whole project, read from the environment and `.env`.
+
+Development works with no configuration at all: everything lives under the data home
+(`QUADRA_HOME`, default `.quadra/` under the working directory). Production refuses to
+start without a real `QUADRA_SECRET_KEY`; the error names the variable, never its value.
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The value `.env.example` ships with; production refuses it.
+EXAMPLE_SECRET_KEY = "change-me-to-64-random-hex-characters-from-secrets-token-hex-32"
+MIN_SECRET_KEY_BYTES = 32
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be used; the message says which variable and why."""
+
+
+class Environment(str, enum.Enum):
+    development = "development"
+    production = "production"
+    test = "test"
+
+
+class Settings(BaseSettings):
+    """Every knob the project reads from its environment (see `.env.example`)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    env: Environment = Field(Environment.development, alias="QUADRA_ENV")
+    home: Path = Field(Path(".quadra"), alias="QUADRA_HOME")
+    database_url_override: str | None = Field(None, alias="DATABASE_URL")
+    mlflow_tracking_uri_override: str | None = Field(None, alias="MLFLOW_TRACKING_URI")
+    secret_key: SecretStr | None = Field(None, alias="QUADRA_SECRET_KEY")
+    backup_dir_override: Path | None = Field(None, alias="QUADRA_BACKUP_DIR")
+
+    # Model defaults (spec: field size 100, batch size ~10 rows, lr 0.001).
+    field_size: int = Field(100, alias="QUADRA_FIELD_SIZE", ge=2, le=4096)
+    batches: int = Field(20, alias="QUADRA_BATCHES", ge=1, le=1_000_000)
+    rows_per_batch: int = Field(10, alias="QUADRA_ROWS_PER_BATCH", ge=1, le=100_000)
+    seed: int = Field(0, alias="QUADRA_SEED", ge=0, le=2**63 - 1)
+    learning_rate: float = Field(0.001, alias="QUADRA_LEARNING_RATE", gt=0, le=1)
+
+    @field_validator("home", "backup_dir_override", mode="before")
+    @classmethod
+    def _blank_path_is_default(cls, value: object, info: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return Path(".quadra") if getattr(info, "field_name", "") == "home" else None
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("home", "backup_dir_override", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("database_url_override", "mlflow_tracking_uri_override", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        return value or None
+
+    @model_validator(mode="after")
+    def _production_needs_a_real_secret(self) -> "Settings":
+        if self.env is not Environment.production:
+            return self
+        problem = secret_key_problem(self.secret_key)
+        if problem:
+            raise ValueError(f"QUADRA_SECRET_KEY {problem} (required when QUADRA_ENV=production)")
+        return self
+
+    # Derived locations -------------------------------------------------------------------
+
+    @cached_property
+    def database_url(self) -> str:
+        return self.database_url_override or f"sqlite:///{self.home / 'quadra.db'}"
+
+    @cached_property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri_override or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.backup_dir_override or self.home / "backups"
+
+    def ensure_home(self) -> Path:
+        """Create the data home (and its checkpoint folder) if missing."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        return self.home
+
+
+def secret_key_problem(secret: SecretStr | None) -> str | None:
+    """Why this secret key is unusable in production, or None if it is fine."""
+    if secret is None:
+        return "is not set"
+    value = secret.get_secret_value()
+    if not value.strip():
+        return "is blank"
+    if value == EXAMPLE_SECRET_KEY:
+        return "is the example value from .env.example"
+    if len(value.encode("utf-8")) < MIN_SECRET_KEY_BYTES:
+        return f"is shorter than {MIN_SECRET_KEY_BYTES} bytes"
+    return None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a bad value raises `SettingsError` with one clear line.
+
+    Overrides may use field names (`field_size=150`) or variable names (`QUADRA_FIELD_SIZE=150`).
+    """
+    aliases = {name: info.alias for name, info in Settings.model_fields.items() if info.alias}
+    unknown = sorted(set(overrides) - set(aliases) - set(aliases.values()))
+    if unknown:
+        raise SettingsError(f"invalid settings: unknown setting(s) {', '.join(unknown)}")
+    try:
+        return Settings(**{aliases.get(key, key): value for key, value in overrides.items()})
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "__root__")
+        message = error.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "invalid settings: " + "; ".join(parts)
