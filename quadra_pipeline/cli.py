@@ -1,0 +1,294 @@
+"""`quadra`: the command line for what is not Dagster's job.
+
+    quadra train        train outside Dagster (debugging, benchmarks)
+    quadra model probe  the spec's probe losses for any checkpoint
+    quadra db upgrade   migrate the project's database to the newest schema
+    quadra db current   print the database's schema revision
+
+Every error ends the program with a non-zero exit code and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """An expected failure: its message is the one line the user sees."""
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .data import DataSourceError
+    from .model import CheckpointError
+    from .settings import SettingsError
+    from .store import StoreError
+    from .training import TrainingError
+
+    return (CommandError, DataSourceError, CheckpointError, SettingsError, StoreError, TrainingError)
+
+
+# quadra train --------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _field_size(text: str) -> int:
+    value = int(text)
+    if not 2 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"must be between 2 and 4096, got {value}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .settings import load_settings
+    from .training import MetricsFile, TrainingConfig, config_from_checkpoint, run_training
+
+    settings = load_settings()
+    source_options = _source_options(args)
+    explicit = {
+        "field_size": args.field_size,
+        "batches": args.batches,
+        "rows_per_batch": args.rows_per_batch,
+        "seed": args.seed,
+        "learning_rate": args.learning_rate,
+        "checkpoint_every": args.checkpoint_every,
+    }
+    if args.source is not None:
+        explicit["source"] = args.source
+        explicit["source_options"] = source_options
+    if args.resume:
+        # Settings not given on the command line come from the checkpoint.
+        config = config_from_checkpoint(args.resume, **explicit)
+    else:
+        config = TrainingConfig(
+            field_size=args.field_size or settings.field_size,
+            batches=args.batches or settings.batches,
+            rows_per_batch=args.rows_per_batch or settings.rows_per_batch,
+            seed=settings.seed if args.seed is None else args.seed,
+            learning_rate=args.learning_rate or settings.learning_rate,
+            source=args.source or "synthetic",
+            source_options=source_options,
+            checkpoint_every=args.checkpoint_every or 10,
+        )
+    out = Path(args.out)
+    metrics_path = out / f"metrics.{args.metrics_format}"
+    resumed_batches = _checkpoint_batches(args.resume) if args.resume else 0
+    progress = _progress_bar(config.batches, resumed_batches)
+    with MetricsFile(metrics_path, keep_through_batch=resumed_batches) as metrics_file:
+        try:
+            outcome = run_training(config, out, resume=args.resume, on_batch=[metrics_file, progress.update])
+        finally:
+            progress.close()
+    last = outcome.metrics[-1] if outcome.metrics else None
+    summary = {
+        "checkpoint": str(outcome.checkpoint),
+        "checkpoint_sha256": outcome.checkpoint_sha256,
+        "metrics": str(metrics_path),
+        "batches": outcome.batches_done,
+        "rows": outcome.rows_consumed,
+        "seconds": round(outcome.seconds, 3),
+        "rows_per_second": round(outcome.rows_per_second, 2),
+        "final_loss": last.loss if last else None,
+        "final_reward": last.reward if last else None,
+    }
+    if outcome.batches_done < config.batches:
+        print(f"quadra: warning: the source ran out after {outcome.batches_done} of {config.batches} batches", file=sys.stderr)
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def _source_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in args.source_option or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--source-option must look like KEY=VALUE, got {item!r}")
+        options[key] = _parse_value(value)
+    return options
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _checkpoint_batches(path: str) -> int:
+    from .model import load_checkpoint
+
+    loaded = load_checkpoint(path)
+    return loaded.trainer.batches_done if loaded.trainer else 0
+
+
+class _Progress:
+    """A tqdm bar on a terminal, nothing otherwise."""
+
+    def __init__(self, total: int, done: int) -> None:
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=done, unit="batch", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, metrics: Any, rows: int) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{metrics.loss:.4f}", reward=f"{metrics.reward:.2f}", refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _progress_bar(total: int, done: int) -> _Progress:
+    return _Progress(total, done)
+
+
+# quadra model probe --------------------------------------------------------------------------
+
+
+def cmd_model_probe(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import load_checkpoint, probe
+
+    torch.set_num_threads(1)
+    loaded = load_checkpoint(args.checkpoint)
+    result = probe(loaded.model)
+    if args.json:
+        print(json.dumps({"checkpoint": str(loaded.path), "format": loaded.format, "field_size": loaded.field_size, **result.as_dict()}))
+    else:
+        print(f"checkpoint         {loaded.path} ({loaded.format} format, field size {loaded.field_size})")
+        print(f"update_field       {result.update_field:.4f}")
+        print(f"adjust_syntropy    {result.adjust_syntropy:.4f}")
+        print(f"penalize_variance  {result.penalize_variance:.4f}")
+        print(f"spike rate (nn1)   {result.spike_rate:.4f}")
+    return EXIT_OK
+
+
+# quadra db -----------------------------------------------------------------------------------
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    from .settings import load_settings
+
+    return args.database_url or load_settings().database_url
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from .store import current, mask_url, upgrade
+
+    url = _database_url(args)
+    upgrade(url, args.revision)
+    print(f"{mask_url(url)}: at revision {current(url)}")
+    return EXIT_OK
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    from .store import current, head_revision
+
+    url = _database_url(args)
+    revision = current(url)
+    head = head_revision()
+    state = "up to date" if revision == head else f"behind head {head}; run 'quadra db upgrade'"
+    print(f"{revision or 'empty (no schema)'} ({state})")
+    return EXIT_OK
+
+
+# Parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quadra", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser("train", help="train outside Dagster, writing a checkpoint and metrics into DIR",
+                                description="Train the model outside Dagster; write checkpoint.pt and metrics into DIR.")
+    train.add_argument("--field-size", type=_field_size, help="field size N (default QUADRA_FIELD_SIZE, 100)")
+    train.add_argument("--batches", type=_positive, help="batches to train in total, including any resumed ones")
+    train.add_argument("--rows-per-batch", type=_positive, help="rows pulled from the text stream per batch (10)")
+    train.add_argument("--seed", type=_non_negative, help="seed for every random draw (QUADRA_SEED, 0)")
+    train.add_argument("--learning-rate", type=_learning_rate, help="base learning rate (0.001)")
+    train.add_argument("--source", choices=("synthetic", "file", "huggingface"), help="text source (synthetic)")
+    train.add_argument("--source-option", action="append", metavar="KEY=VALUE",
+                       help="source option, repeatable (e.g. path=corpus.txt, text_field=text)")
+    train.add_argument("--checkpoint-every", type=_positive, help="write a checkpoint every K batches (10)")
+    train.add_argument("--metrics-format", choices=("jsonl", "csv"), default="jsonl")
+    train.add_argument("--out", required=True, metavar="DIR", help="folder for checkpoint.pt and metrics")
+    train.add_argument("--resume", metavar="CKPT", help="continue exactly from a checkpoint written by quadra train")
+    train.set_defaults(handler=cmd_train)
+
+    model = commands.add_parser("model", help="inspect model checkpoints").add_subparsers(
+        dest="model_command", metavar="COMMAND", required=True)
+    probe = model.add_parser("probe", help="mean loss per action on 200 fixed vectors, and nn1's spike rate",
+                             description="Probe a checkpoint (ours or the original's format).")
+    probe.add_argument("checkpoint", metavar="CHECKPOINT")
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+    probe.set_defaults(handler=cmd_model_probe)
+
+    db = commands.add_parser("db", help="the project's SQL database").add_subparsers(
+        dest="db_command", metavar="COMMAND", required=True)
+    up = db.add_parser("upgrade", help="apply migrations up to the newest schema (Alembic head)",
+                       description="Apply migrations (Alembic) to DATABASE_URL or --database-url.")
+    up.add_argument("--revision", default="head", help="target revision (head)")
+    up.add_argument("--database-url", help="database URL (default DATABASE_URL or the data home's SQLite file)")
+    up.set_defaults(handler=cmd_db_upgrade)
+    cur = db.add_parser("current", help="print the database's schema revision",
+                        description="Print the schema revision of DATABASE_URL or --database-url.")
+    cur.add_argument("--database-url", help="database URL (default DATABASE_URL or the data home's SQLite file)")
+    cur.set_defaults(handler=cmd_db_current)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("quadra: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line, never a traceback, unless asked for
+        if os.environ.get("QUADRA_DEBUG"):
+            raise
+        if isinstance(exc, _known_errors()):
+            print(f"quadra: error: {exc}", file=sys.stderr)
+        else:
+            print(f"quadra: unexpected error: {type(exc).__name__}: {exc} (QUADRA_DEBUG=1 shows the traceback)",
+                  file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
