@@ -38,6 +38,10 @@ class CheckpointError(Exception):
     """A checkpoint cannot be read or written; the message names the file and the problem."""
 
 
+class _TrainerStateError(ValueError):
+    pass
+
+
 @dataclass
 class LoadedCheckpoint:
     path: Path
@@ -139,7 +143,12 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def read_payload(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """`torch.load(weights_only=True)` with every failure turned into one clear line."""
+    """`torch.load(weights_only=True)` with every failure turned into one clear line.
+
+    `torch.load` does not check the zip archive's CRCs, so a flipped byte inside a tensor
+    would load as different weights: the archive is verified first. A file that is neither a
+    zip archive nor a legacy (pickle) torch file is refused without unpickling anything.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
@@ -147,11 +156,11 @@ def read_payload(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty")
+    _verify_container(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Weights only load failed" in text:
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):
             raise CheckpointError(
                 f"{path}: holds Python objects other than tensors and plain containers; refusing to load it"
             ) from None
@@ -165,6 +174,26 @@ def read_payload(path: str | os.PathLike[str]) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: not a Quadra Matrix checkpoint (missing {', '.join(missing)})")
     return payload
+
+
+_PICKLE_PROTOCOL_2_OR_LATER = b"\x80"
+
+
+def _verify_container(path: Path) -> None:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt archive)") from None
+        except zipfile.LargeZipFile:
+            return
+        if bad is not None:
+            raise CheckpointError(f"{path}: not a readable checkpoint (corrupt: checksum mismatch in {bad})")
+    elif not head.startswith(_PICKLE_PROTOCOL_2_OR_LATER):
+        raise CheckpointError(f"{path}: not a torch checkpoint file (it is neither a torch zip archive nor a legacy torch file)")
 
 
 def _looks_truncated(exc: BaseException) -> bool:
@@ -181,8 +210,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     field0 = payload["field"]
     if not isinstance(field0, torch.Tensor) or field0.dim() != 1 or field0.numel() < 2:
         raise CheckpointError(f"{path}: 'field' must be a 1-D tensor of the field size, got {_describe(field0)}")
+    if not bool(torch.isfinite(field0).all()):
+        raise CheckpointError(f"{path}: 'field' holds non-finite values (NaN or inf)")
     field_size = field0.numel()
-    config = dict(payload.get("config") or {})
+    config = payload.get("config") or {}
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{path}: 'config' must be a dict, got {_describe(config)}")
+    config = dict(config)
+    try:
+        seed, learning_rate = int(config.get("seed", 0)), float(config.get("learning_rate", 0.001))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: 'config' has a seed or learning_rate that is not a number") from None
     ours = payload.get("format") == FORMAT_NAME
     if ours and payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
@@ -190,7 +228,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
             f"(this program reads version {FORMAT_VERSION})"
         )
 
-    model = QuadraModel(field_size, seed=int(config.get("seed", 0)), learning_rate=float(config.get("learning_rate", 0.001)))
+    model = QuadraModel(field_size, seed=seed, learning_rate=learning_rate)
     _load_networks(path, model.networks, payload)
     model.field0 = field0.to(torch.float32).clone()
     model.q_table = _load_q_table(path, payload["q_table"])
@@ -203,10 +241,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
             optimizer.load_state_dict(state)
         trainer = _load_trainer(model, payload["trainer"])
         model.generator.set_state(payload["rng_state"])  # after the trainer: its constructor draws
-    except CheckpointError:
-        raise
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: training state is damaged ({type(exc).__name__}: {exc})") from None
+    except _TrainerStateError as exc:
+        raise CheckpointError(f"{path}: training state is damaged ({exc})") from None
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: training state is damaged ({type(exc).__name__}: {str(exc)[:200]})") from None
     return LoadedCheckpoint(path, FORMAT_NAME, model, trainer, config, dict(payload.get("progress") or {}))
 
 
@@ -235,6 +273,10 @@ def _load_networks(path: Path, networks: NetworkTrio, payload: Mapping[str, Any]
                 )
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise CheckpointError(f"{path}: {name}.{key} holds non-finite values (NaN or inf)")
+            if key.startswith("lif") and not torch.equal(tensor.to(expected[key].dtype), expected[key]):
+                raise CheckpointError(
+                    f"{path}: {name}.{key} is {tensor.item()}, but this model's neurons use {expected[key].item()}"
+                )
         net.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
@@ -252,7 +294,9 @@ def _load_trainer(model: QuadraModel, state: Mapping[str, Any]) -> FieldTrainer:
     n = model.field_size
     psi, history, queue = state["psi"], state["history"], state["text_queue"]
     if psi.shape != (n,) or history.shape[1:] != (n,) or queue.shape[1:] != (n,):
-        raise CheckpointError("trainer state does not match the field size")
+        raise _TrainerStateError(f"psi, history or text queue does not match the field size {n}")
+    if not all(bool(torch.isfinite(t).all()) for t in (psi, history, queue)):
+        raise _TrainerStateError("psi, history or text queue holds non-finite values")
     trainer.psi = psi.clone()
     trainer.history.extend(history.clone().unbind(0))
     trainer.text_queue.extend(queue.clone().unbind(0))

@@ -148,6 +148,18 @@ def test_truncated_file(good):
     expect_error(good, "not a readable checkpoint")
 
 
+def test_one_flipped_byte_inside_a_tensor_is_caught(good):
+    """torch.load does not check the archive's CRCs: a changed weight byte would load silently."""
+    import zipfile
+
+    with zipfile.ZipFile(good) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)  # the biggest tensor's storage
+    data = bytearray(good.read_bytes())
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2] ^= 0x01
+    good.write_bytes(bytes(data))
+    expect_error(good, "checksum mismatch")
+
+
 def test_corrupt_bytes(good):
     data = bytearray(good.read_bytes())
     for i in range(200, len(data), 97):
@@ -159,7 +171,11 @@ def test_corrupt_bytes(good):
 def test_not_a_checkpoint_text_file(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello, I am not a checkpoint\n")
-    expect_error(path, "not a readable checkpoint")
+    expect_error(path, "not a torch checkpoint file")
+    path.write_bytes(b'{"nn1": [1, 2, 3]}')
+    expect_error(path, "not a torch checkpoint file")
+    path.write_bytes(os.urandom(4096).replace(b"\x80", b"\x00").replace(b"PK", b"pk"))
+    expect_error(path, "not a torch checkpoint file")
 
 
 def test_empty_missing_and_directory(tmp_path):
@@ -209,6 +225,34 @@ def test_missing_key_and_non_finite_weights(tmp_path):
     payload["nn3"]["fc1.weight"][0, 0] = float("nan")
     torch.save(payload, path)
     expect_error(path, "nn3.fc1.weight holds non-finite values")
+
+
+def test_neuron_constants_must_be_the_models(tmp_path):
+    path = tmp_path / "beta.pth"
+    payload = write_original(path, 100)
+    payload["nn2"]["lif1.beta"] = torch.tensor(0.9)
+    torch.save(payload, path)
+    expect_error(path, "nn2.lif1.beta is 0.899999", "use 0.949999")
+
+
+def test_damaged_training_state_names_the_file(good):
+    payload = torch.load(good, weights_only=True)
+    payload["trainer"]["psi"] = torch.zeros(7)
+    torch.save(payload, good)
+    expect_error(good, "training state is damaged", "field size")
+    payload["trainer"]["psi"] = 3.0
+    torch.save(payload, good)
+    expect_error(good, "training state is damaged")
+    payload["config"] = [1, 2]
+    torch.save(payload, good)
+    expect_error(good, "'config' must be a dict")
+    payload["config"] = {"seed": "abc"}
+    torch.save(payload, good)
+    expect_error(good, "not a number")
+    payload["config"] = {}
+    payload["field"] = torch.full((30,), float("nan"))
+    torch.save(payload, good)
+    expect_error(good, "'field' holds non-finite values")
 
 
 def test_bad_field_and_q_table(tmp_path):
