@@ -37,6 +37,11 @@ class TrainResult:
     action_counts: tuple[int, int, int]  # over all epochs, in ACTIONS order
 
 
+def _draw_seed(seed: int) -> int:
+    """A second seed derived from `seed` (SplitMix64's increment), for the draws."""
+    return (seed + 0x9E3779B97F4A7C15) % (2**63)
+
+
 def item_loss(fields: Tensor) -> Tensor:
     """l(f) = var(f) + |mean(f) - 0.5| over the last dimension."""
     return fields.var(-1) + (fields.mean(-1) - 0.5).abs()
@@ -49,7 +54,9 @@ class QuadraModel:
         if field_size < 2:
             raise ValueError(f"field_size must be at least 2, got {field_size}")
         self.field_size = field_size
-        self.generator = torch.Generator().manual_seed(seed)
+        # Two streams from one seed, so the initial weights and the vectors drawn later are
+        # not the same random numbers.
+        self.generator = torch.Generator().manual_seed(_draw_seed(seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # nn.Linear draws its initial weights from the global RNG
             self.networks = NetworkTrio(field_size)

@@ -35,6 +35,18 @@ def test_training_drives_update_field_well_under_0_1(trained):
     assert 0.3 < result.spike_rate < 0.7
 
 
+def test_q_values_head_for_10_and_never_pass_it(trained):
+    """The target is r + 0.9 max Q[key(field0)] with r <= 1, so Q -> r / (1 - 0.9) <= 10 (spec
+    section 4: "Q values converge near 10"). After 20 batches the best rows are around 7."""
+    from quadra_pipeline.model import load_checkpoint, state_key
+
+    model = load_checkpoint(trained.checkpoint).model
+    start = model.q_table.q(state_key(float(model.field0.mean())))
+    assert 5.0 < max(start) <= 10.0
+    assert all(max(q) <= 10.0 for q in model.q_table.values.values())
+    assert max(max(q) for q in model.q_table.values.values()) > 6.5
+
+
 def test_reward_rises_and_batch_loss_falls(trained):
     first, last = trained.metrics[0], trained.metrics[-5:]
     assert first.reward < 15.5
