@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -40,29 +40,46 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 # quadra train --------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other error."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
 def _field_size(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if not 2 <= value <= 4096:
         raise argparse.ArgumentTypeError(f"must be between 2 and 4096, got {value}")
     return value
 
 
 def _learning_rate(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
     return value
@@ -100,6 +117,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every or 10,
         )
     out = Path(args.out)
+    from .training import CHECKPOINT_NAME
+
+    if not args.resume and not args.force and (out / CHECKPOINT_NAME).exists():
+        raise CommandError(
+            f"{out} already holds a checkpoint; continue it with --resume {out / CHECKPOINT_NAME}, "
+            "or start afresh with --force (it replaces the checkpoint and the metrics)"
+        )
     metrics_path = out / f"metrics.{args.metrics_format}"
     resumed_batches = _checkpoint_batches(args.resume) if args.resume else 0
     progress = _progress_bar(config.batches, resumed_batches)
@@ -229,8 +253,8 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quadra", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser = _Parser(prog="quadra", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="train outside Dagster, writing a checkpoint and metrics into DIR",
                                 description="Train the model outside Dagster; write checkpoint.pt and metrics into DIR.")
@@ -246,10 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--metrics-format", choices=("jsonl", "csv"), default="jsonl")
     train.add_argument("--out", required=True, metavar="DIR", help="folder for checkpoint.pt and metrics")
     train.add_argument("--resume", metavar="CKPT", help="continue exactly from a checkpoint written by quadra train")
+    train.add_argument("--force", action="store_true", help="start afresh even if DIR already holds a checkpoint")
     train.set_defaults(handler=cmd_train)
 
     model = commands.add_parser("model", help="inspect model checkpoints").add_subparsers(
-        dest="model_command", metavar="COMMAND", required=True)
+        dest="model_command", metavar="COMMAND", required=True, parser_class=_Parser)
     probe = model.add_parser("probe", help="mean loss per action on 200 fixed vectors, and nn1's spike rate",
                              description="Probe a checkpoint (ours or the original's format).")
     probe.add_argument("checkpoint", metavar="CHECKPOINT")
@@ -257,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(handler=cmd_model_probe)
 
     db = commands.add_parser("db", help="the project's SQL database").add_subparsers(
-        dest="db_command", metavar="COMMAND", required=True)
+        dest="db_command", metavar="COMMAND", required=True, parser_class=_Parser)
     up = db.add_parser("upgrade", help="apply migrations up to the newest schema (Alembic head)",
                        description="Apply migrations (Alembic) to DATABASE_URL or --database-url.")
     up.add_argument("--revision", default="head", help="target revision (head)")
@@ -275,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        from .settings import load_settings
+
+        load_settings()  # every command refuses bad settings (e.g. production without a secret key)
         return handler(args)
     except KeyboardInterrupt:
         print("quadra: interrupted", file=sys.stderr)

@@ -95,16 +95,35 @@ def run_training(
 ) -> TrainingOutcome:
     """Train `config.batches` batches (counting those already in `resume`), checkpointing
     every `config.checkpoint_every` batches and at the end, into `out_dir/checkpoint.pt`."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small ops dominate: one thread is fastest (spec section 9)
-    out = Path(out_dir)
+    try:
+        return _run(config, Path(out_dir), resume, on_batch, on_checkpoint)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(
+    config: TrainingConfig,
+    out: Path,
+    resume: str | os.PathLike[str] | None,
+    on_batch: Sequence[BatchCallback],
+    on_checkpoint: Callable[[Path, str, int], None] | None,
+) -> TrainingOutcome:
     checkpoint_path = out / CHECKPOINT_NAME
-    trainer, rows_consumed, resumed_from = _start(config, resume)
+    trainer, rows_consumed, resumed_from, saved_source = _start(config, resume)
     try:
         source = config.open_source()
         check_usable(source)  # fail fast, before any training, on a source without usable text
         source_description = {**source.describe(), "fingerprint": source.fingerprint()}
     except DataSourceError as exc:
         raise TrainingError(str(exc)) from None
+    saved_fingerprint = (saved_source or {}).get("fingerprint")
+    if saved_fingerprint and saved_fingerprint != source_description["fingerprint"]:
+        raise TrainingError(
+            f"{resume}: the text source's data changed since the checkpoint (fingerprint "
+            f"{saved_fingerprint[:12]} then, {source_description['fingerprint'][:12]} now); an exact resume needs the same data"
+        )
 
     metrics: list[BatchMetrics] = []
     started = time.perf_counter()
@@ -161,10 +180,13 @@ def _checkpoint_config(config: TrainingConfig, source: dict[str, Any]) -> dict[s
     return {**config.as_dict(), "source_description": source}
 
 
-def _start(config: TrainingConfig, resume: str | os.PathLike[str] | None) -> tuple[FieldTrainer, int, int]:
+def _start(
+    config: TrainingConfig, resume: str | os.PathLike[str] | None
+) -> tuple[FieldTrainer, int, int, dict[str, Any] | None]:
+    """The trainer to run, rows already consumed, batches already done, the saved source."""
     if resume is None:
         model = QuadraModel(config.field_size, seed=config.seed, learning_rate=config.learning_rate)
-        return FieldTrainer(model, base_learning_rate=config.learning_rate), 0, 0
+        return FieldTrainer(model, base_learning_rate=config.learning_rate), 0, 0, None
     try:
         loaded = load_checkpoint(resume)
     except CheckpointError as exc:
@@ -182,7 +204,13 @@ def _start(config: TrainingConfig, resume: str | os.PathLike[str] | None) -> tup
     ]
     if mismatched:
         raise TrainingError(f"{resume}: cannot resume with different settings: " + "; ".join(mismatched))
-    return loaded.trainer, int(loaded.progress.get("rows_consumed", 0)), loaded.trainer.batches_done
+    saved_source = saved.get("source_description")
+    return (
+        loaded.trainer,
+        int(loaded.progress.get("rows_consumed", 0)),
+        loaded.trainer.batches_done,
+        saved_source if isinstance(saved_source, dict) else None,
+    )
 
 
 def _normal(value: Any) -> Any:

@@ -87,23 +87,32 @@ def test_errors_are_one_line_and_touch_nothing(tmp_path):
     assert line.startswith("quadra: error:") and str(bad) in line
     line = one_error_line(quadra("model", "probe", tmp_path / "nope.pt", cwd=tmp_path))
     assert "no such file" in line
-    line = one_error_line(quadra("train", "--out", out, "--source", "file", "--source-option", f"path={tmp_path / 'none.txt'}", cwd=tmp_path))
+    # --force replaces a run only once a new one has trained: a missing source replaces nothing.
+    line = one_error_line(quadra("train", "--out", out, "--force", "--source", "file", "--source-option", f"path={tmp_path / 'none.txt'}", cwd=tmp_path))
     assert "none.txt" in line
+    line = one_error_line(quadra("train", "--field-size", 16, "--batches", 2, "--out", out, cwd=tmp_path))
+    assert "already holds a checkpoint" in line and "--resume" in line
     line = one_error_line(quadra("train", "--out", out, "--source-option", "novalue", cwd=tmp_path))
     assert "KEY=VALUE" in line
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_usage_errors_exit_2(tmp_path):
+def test_usage_errors_exit_2_with_one_line(tmp_path):
     result = quadra("train", "--out", tmp_path, "--rows-per-batch", 0, cwd=tmp_path)
-    assert result.returncode == 2 and "--rows-per-batch: must be at least 1" in result.stderr
-    assert quadra("bogus", cwd=tmp_path).returncode == 2
+    assert result.returncode == 2 and "--rows-per-batch: must be at least 1" in one_error_line(result)
+    result = quadra("train", "--out", tmp_path, "--batches", "abc", cwd=tmp_path)
+    assert result.returncode == 2 and "must be a whole number, got 'abc'" in one_error_line(result)
+    result = quadra("bogus", cwd=tmp_path)
+    assert result.returncode == 2 and "invalid choice" in one_error_line(result)
+    result = quadra("train", cwd=tmp_path)
+    assert result.returncode == 2 and "--out" in one_error_line(result)
 
 
-def test_production_without_secret_refuses_to_start(tmp_path):
-    result = quadra("train", "--out", tmp_path / "r", cwd=tmp_path, env={"QUADRA_ENV": "production"})
+@pytest.mark.parametrize("command", [["train", "--out", "r"], ["model", "probe", "x.pt"], ["db", "current", "--database-url", "sqlite://"]])
+def test_production_without_secret_refuses_every_command(tmp_path, command):
+    result = quadra(*command, cwd=tmp_path, env={"QUADRA_ENV": "production"})
     line = one_error_line(result)
-    assert "QUADRA_SECRET_KEY" in line
+    assert "QUADRA_SECRET_KEY is not set" in line
 
 
 def test_db_upgrade_and_current(tmp_path):

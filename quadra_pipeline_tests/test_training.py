@@ -110,3 +110,25 @@ def test_metrics_file_round_trip_and_resume_truncation(tmp_path, suffix):
     assert [r["batch_number"] for r in read_metrics(path)] == [1, 2, 3]
     if suffix == "jsonl":
         assert json.loads(path.read_text().splitlines()[0])["batch_number"] == 1
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"row number {i} has enough words in it" for i in range(60)) + "\n")
+    config = TrainingConfig(field_size=16, batches=2, source="file", source_options={"path": str(corpus)})
+    first = run_training(config, tmp_path / "a")
+    corpus.write_text(corpus.read_text().replace("row number 30", "row NUMBER 30"))
+    with pytest.raises(TrainingError, match="data changed since the checkpoint"):
+        run_training(TrainingConfig(field_size=16, batches=4, source="file", source_options={"path": str(corpus)}), tmp_path / "b", resume=first.checkpoint)
+
+
+def test_thread_count_is_restored(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_training(TrainingConfig(field_size=16, batches=1), tmp_path)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
