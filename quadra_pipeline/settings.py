@@ -42,8 +42,9 @@ class Settings(BaseSettings):
 
     env: Environment = Field(Environment.development, alias="QUADRA_ENV")
     home: Path = Field(Path(".quadra"), alias="QUADRA_HOME")
-    database_url_override: str | None = Field(None, alias="DATABASE_URL")
-    mlflow_tracking_uri_override: str | None = Field(None, alias="MLFLOW_TRACKING_URI")
+    # URLs may carry passwords: kept out of repr() (and so out of logs).
+    database_url_override: str | None = Field(None, alias="DATABASE_URL", repr=False)
+    mlflow_tracking_uri_override: str | None = Field(None, alias="MLFLOW_TRACKING_URI", repr=False)
     secret_key: SecretStr | None = Field(None, alias="QUADRA_SECRET_KEY")
     backup_dir_override: Path | None = Field(None, alias="QUADRA_BACKUP_DIR")
 

@@ -282,3 +282,14 @@ def test_environment_name_in_any_case_and_blank_secret(clean_env, monkeypatch):
     monkeypatch.setenv("QUADRA_SECRET_KEY", " " * 40)
     with pytest.raises(SettingsError, match="QUADRA_SECRET_KEY is blank"):
         load_settings()
+
+
+def test_urls_with_passwords_stay_out_of_repr(clean_env, monkeypatch):
+    from quadra_pipeline.settings import load_settings
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:hunter2@db/quadra")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://m:swordfish@db/mlflow")
+    settings = load_settings()
+    assert "hunter2" not in repr(settings) and "swordfish" not in repr(settings)
+    assert "hunter2" not in str(settings)
+    assert settings.database_url == "postgresql://u:hunter2@db/quadra"
