@@ -1,6 +1,10 @@
 # The two entry points (see README): `make run` and `make test`. Both set up .venv first.
 PYTHON ?= python3
 VENV ?= .venv
+# Extra pip options. These machines find torch's CPU wheel on disk; elsewhere add the CPU wheel
+# index, or pip takes the multi-GB CUDA build:
+#   make test PIP_OPTIONS="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_OPTIONS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
@@ -12,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "pip==25.3"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,hf]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_OPTIONS) -c constraints.txt -e '.[test,hf]'
 	$(BIN)/python -m pip check
 	@rm -f $(VENV)/.installed-*
 	@touch $@
