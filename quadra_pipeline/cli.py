@@ -2,6 +2,9 @@
 
     quadra train        train outside Dagster (debugging, benchmarks)
     quadra model probe  the spec's probe losses for any checkpoint
+    quadra model list     registered versions, their aliases and the alias history
+    quadra model promote  move an alias (champion) to a version; also the rollback
+    quadra model import   register a checkpoint (the original's format or ours)
     quadra db upgrade   migrate the project's database to the newest schema
     quadra db current   print the database's schema revision
 
@@ -30,11 +33,12 @@ class CommandError(Exception):
 def _known_errors() -> tuple[type[BaseException], ...]:
     from .data import DataSourceError
     from .model import CheckpointError
+    from .registry import RegistryError
     from .settings import SettingsError
     from .store import StoreError
     from .training import TrainingError
 
-    return (CommandError, DataSourceError, CheckpointError, SettingsError, StoreError, TrainingError)
+    return (CommandError, DataSourceError, CheckpointError, RegistryError, SettingsError, StoreError, TrainingError)
 
 
 # quadra train --------------------------------------------------------------------------------
@@ -220,6 +224,128 @@ def cmd_model_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# quadra model list / promote / import (the MLflow registry and its mirror in the database) ----
+
+
+def _model_version(text: str) -> int:
+    value = text.strip()
+    number = value[1:] if value[:1] in ("v", "V") else value
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"must be a version number such as 3 (or v3), got {text!r}")
+    return int(number)
+
+
+def _registry_and_store() -> tuple[Any, Any]:
+    """The registry (MLFLOW_TRACKING_URI, or SQLite under QUADRA_HOME) and the migrated store."""
+    import logging
+    import warnings
+
+    from .registry import ModelRegistry
+    from .settings import load_settings
+    from .store import ensure_schema, make_engine
+
+    settings = load_settings()
+    registry = ModelRegistry.from_settings(settings)
+    if registry.is_remote:
+        registry.check_available()  # an unreachable server fails before MLflow is even imported
+
+    import mlflow  # noqa: F401 - configures its loggers on import: quieten them after that
+
+    # The command prints what matters; MLflow's INFO chatter (store migrations) and its
+    # deprecation warnings would otherwise land on stderr.
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
+
+    if not registry.is_remote:
+        registry.check_available()  # opens (and on first use migrates) the tracking store
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine)
+    return registry, engine
+
+
+def _short_label(label: str | None, model_name: str) -> str:
+    if label is None:
+        return "none"
+    return label.removeprefix(f"{model_name}/")
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from .registry import list_with_history
+
+    registry, engine = _registry_and_store()
+    try:
+        listing = list_with_history(registry, engine)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(listing.as_dict(), indent=2))
+        return EXIT_OK
+    name = listing.model_name
+    print(f"{name} at {listing.tracking_uri}")
+    if not listing.versions:
+        print(f"no versions of {name} are registered yet ('quadra model import PATH' adds one)")
+    else:
+        print(f"{'VERSION':>7}  {'ALIASES':<22} {'CREATED (UTC)':<19}  {'SOURCE':<10} {'N':>5}  {'SHA-256':<12}  RUN")
+        for v in listing.versions:
+            created = v.created_at.strftime("%Y-%m-%d %H:%M:%S")  # UTC
+            mirror = "" if listing.mirrored.get(v.version) else "  (not in the database yet)"
+            print(f"{v.version:>7}  {','.join(v.aliases) or '-':<22} {created:<19}  {v.tags.get('source', '-'):<10} "
+                  f"{v.tags.get('field_size', '?'):>5}  {(v.checkpoint_sha256 or '?')[:12]:<12}  {(v.run_id or '-')[:12]}"
+                  f"{mirror}")
+    if listing.history:
+        print("alias history (oldest first):")
+        for move in listing.history:
+            when = move.moved_at.strftime("%Y-%m-%d %H:%M:%S")
+            line = (f"  {when}  {move.alias:<11} {_short_label(move.from_version, name):>4} -> "
+                    f"{_short_label(move.to_version, name):<4}  by {move.moved_by or 'unknown'}")
+            print(line + (f"  ({move.reason})" if move.reason else ""))
+    for problem in listing.drift:
+        print(f"quadra: warning: aliases differ: {problem}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_model_promote(args: argparse.Namespace) -> int:
+    from .registry import default_actor, promote
+
+    registry, engine = _registry_and_store()
+    actor = default_actor()
+    try:
+        previous = promote(registry, engine, args.version, alias=args.alias, moved_by=actor, reason=args.reason)
+    finally:
+        engine.dispose()
+    name = registry.model_name
+    if previous == args.version:
+        print(f"{name}@{args.alias} is already version {args.version}; nothing moved")
+    elif previous is None:
+        print(f"{name}@{args.alias} -> version {args.version} (no version held it before; by {actor})")
+    else:
+        print(f"{name}@{args.alias}: version {previous} -> version {args.version} (by {actor})")
+    return EXIT_OK
+
+
+def cmd_model_import(args: argparse.Namespace) -> int:
+    from .registry import CHALLENGER, default_actor, import_checkpoint
+
+    from .model import load_checkpoint
+
+    path = Path(args.path)
+    load_checkpoint(path)  # a file that is no checkpoint is refused before any store is touched
+    registry, engine = _registry_and_store()
+    try:
+        registered = import_checkpoint(registry, engine, path, description=args.description or "",
+                                       moved_by=default_actor())
+    finally:
+        engine.dispose()
+    tags = registered.tags
+    print(f"imported {path} ({tags.get('checkpoint_format', '?')} format, field size {tags.get('field_size', '?')}) "
+          f"as {registered.model_name} version {registered.version}; {CHALLENGER} -> {registered.version}")
+    print(f"model uri   {registered.model_uri}")
+    print(f"sha256      {registered.checkpoint_sha256}")
+    print(f"mlflow run  {registered.run_id}")
+    return EXIT_OK
+
+
 # quadra db -----------------------------------------------------------------------------------
 
 
@@ -273,13 +399,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="start afresh even if DIR already holds a checkpoint")
     train.set_defaults(handler=cmd_train)
 
-    model = commands.add_parser("model", help="inspect model checkpoints").add_subparsers(
+    model = commands.add_parser("model", help="inspect checkpoints; list, promote and import registered versions").add_subparsers(
         dest="model_command", metavar="COMMAND", required=True, parser_class=_Parser)
     probe = model.add_parser("probe", help="mean loss per action on 200 fixed vectors, and nn1's spike rate",
                              description="Probe a checkpoint (ours or the original's format).")
     probe.add_argument("checkpoint", metavar="CHECKPOINT")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
     probe.set_defaults(handler=cmd_model_probe)
+    listing = model.add_parser("list", help="registered versions, their aliases and the alias history",
+                               description="List the versions of the registered model (MLflow) with their aliases, "
+                                           "and every alias move recorded in the database.")
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    listing.set_defaults(handler=cmd_model_list)
+    promote = model.add_parser("promote", help="move an alias (champion) to VERSION; promoting an older one is the rollback",
+                               description="Move an alias to VERSION in MLflow and record who moved it, when, and "
+                                           "from which version (an unknown version changes nothing).")
+    promote.add_argument("version", type=_model_version, metavar="VERSION", help="registry version number, e.g. 3")
+    promote.add_argument("--alias", default="champion", help="alias to move (champion)")
+    promote.add_argument("--reason", help="why, recorded in the alias history")
+    promote.set_defaults(handler=cmd_model_promote)
+    imported = model.add_parser("import", help="register a checkpoint file as a new version (challenger moves to it)",
+                                description="Import a checkpoint (the original's format or ours) as a new version of "
+                                            "the registered model, in its own MLflow run.")
+    imported.add_argument("path", metavar="PATH", help="checkpoint file (.pth / .pt)")
+    imported.add_argument("--description", help="version description (default: where it came from)")
+    imported.set_defaults(handler=cmd_model_import)
 
     db = commands.add_parser("db", help="the project's SQL database").add_subparsers(
         dest="db_command", metavar="COMMAND", required=True, parser_class=_Parser)

@@ -1,0 +1,97 @@
+"""`quadra model list / promote / import` as a user runs them, against a temp MLflow store
+(MLFLOW_TRACKING_URI), data home (QUADRA_HOME) and database (DATABASE_URL)."""
+
+import json
+
+import pytest
+
+from quadra_pipeline.model.checkpoint import file_sha256
+from quadra_pipeline_tests.model.test_checkpoint import write_original
+from quadra_pipeline_tests.test_cli import one_error_line, quadra
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {
+        "QUADRA_HOME": str(tmp_path / "home"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'quadra.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+
+
+@pytest.mark.parametrize("command", [["list"], ["promote"], ["import"]])
+def test_help(tmp_path, command):
+    result = quadra("model", *command, "--help", cwd=tmp_path, check=0)
+    assert "usage: quadra model" in result.stdout
+
+
+def test_import_promote_rollback_list(tmp_path, env):
+    write_original(tmp_path / "orig100.pth", 100)
+    write_original(tmp_path / "orig150.pth", 150, seed=1)
+    empty = quadra("model", "list", cwd=tmp_path, env=env, check=0)
+    assert "no versions of quadra-matrix are registered yet" in empty.stdout
+    assert empty.stderr == ""  # no MLflow migration chatter on a new store
+
+    first = quadra("model", "import", "orig100.pth", cwd=tmp_path, env=env, check=0)
+    assert "original format, field size 100" in first.stdout and "quadra-matrix version 1" in first.stdout
+    assert file_sha256(tmp_path / "orig100.pth") in first.stdout
+    second = quadra("model", "import", "orig150.pth", "--description", "the big one", cwd=tmp_path, env=env, check=0)
+    assert "quadra-matrix version 2; challenger -> 2" in second.stdout
+
+    promoted = quadra("model", "promote", "2", "--reason", "looks good", cwd=tmp_path, env=env, check=0)
+    assert "quadra-matrix@champion -> version 2" in promoted.stdout
+    rolled_back = quadra("model", "promote", "v1", "--reason", "rollback", cwd=tmp_path, env=env, check=0)
+    assert "quadra-matrix@champion: version 2 -> version 1 (by cli:" in rolled_back.stdout
+
+    refused = quadra("model", "promote", "9", cwd=tmp_path, env=env)
+    assert one_error_line(refused) == (
+        f"quadra: error: quadra-matrix version 9 does not exist in the MLflow registry at "
+        f"{env['MLFLOW_TRACKING_URI']} (known versions: 1, 2)")
+    assert refused.returncode == 1 and refused.stdout == ""
+
+    listing = json.loads(quadra("model", "list", "--json", cwd=tmp_path, env=env, check=0).stdout)
+    assert listing["aliases"] == {"challenger": 2, "champion": 1}  # unchanged by the refused promote
+    versions = {v["version"]: v for v in listing["versions"]}
+    assert versions[1]["tags"]["checkpoint_sha256"] == file_sha256(tmp_path / "orig100.pth")
+    assert versions[2]["tags"]["field_size"] == "150" and versions[2]["description"] == "the big one"
+    assert all(v["tags"]["source"] == "import" and v["mirrored"] for v in versions.values())
+    moves = [(m["alias"], m["from_version"], m["to_version"], m["reason"]) for m in listing["history"]]
+    assert moves == [
+        ("challenger", None, "quadra-matrix/1", "registered version 1"),
+        ("challenger", "quadra-matrix/1", "quadra-matrix/2", "registered version 2"),
+        ("champion", None, "quadra-matrix/2", "looks good"),
+        ("champion", "quadra-matrix/2", "quadra-matrix/1", "rollback"),
+    ]
+    assert all(m["moved_by"].startswith("cli:") for m in listing["history"]) and listing["drift"] == []
+
+    text = quadra("model", "list", cwd=tmp_path, env=env, check=0)
+    assert text.stderr == ""
+    assert "      1  champion" in text.stdout and "      2  challenger" in text.stdout
+    assert "champion       2 -> 1" in text.stdout and "(rollback)" in text.stdout
+    # Artifacts under the data home, nothing in the working directory.
+    assert (tmp_path / "home" / "mlartifacts").is_dir()
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_import_refuses_a_file_that_is_no_checkpoint(tmp_path, env):
+    (tmp_path / "notes.pth").write_text("hello")
+    line = one_error_line(quadra("model", "import", "notes.pth", cwd=tmp_path, env=env))
+    assert line.startswith("quadra: error: notes.pth: not a ")
+    missing = one_error_line(quadra("model", "import", "absent.pth", cwd=tmp_path, env=env))
+    assert missing == "quadra: error: absent.pth: no such file"
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "quadra.db").exists()
+
+
+def test_unreachable_tracking_server_is_one_line_without_the_password(tmp_path, env):
+    env = {**env, "MLFLOW_TRACKING_URI": "http://ops:hunter2@127.0.0.1:1"}
+    for command in (["list"], ["promote", "1"]):
+        line = one_error_line(quadra("model", *command, cwd=tmp_path, env=env))
+        assert line == ("quadra: error: MLflow tracking server at http://ops:***@127.0.0.1:1 is unreachable "
+                        "after 3 attempts (Connection refused)")
+    assert not (tmp_path / "quadra.db").exists()  # refused before the database was touched
+
+
+def test_promote_usage_errors(tmp_path, env):
+    result = quadra("model", "promote", "zero", cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert "must be a version number such as 3 (or v3), got 'zero'" in one_error_line(result)
