@@ -1,0 +1,95 @@
+"""Resources: the SQL store, the MLflow registry and the data home, chosen per environment.
+
+Every field defaults to what `quadra_pipeline.settings` resolves (development needs no
+configuration). In production the locations that carry credentials come in through
+`dg.EnvVar`, so they are read at run time and never stored in the run's config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import PrivateAttr
+from sqlalchemy.engine import Engine
+
+from ..settings import Environment, Settings, load_settings
+
+
+class DataHome(dg.ConfigurableResource):
+    """Where checkpoints, corpus snapshots and MLflow's local artifacts live (QUADRA_HOME)."""
+
+    home: str | None = None
+
+    def settings(self) -> Settings:
+        return load_settings(**({"home": self.home} if self.home else {}))
+
+    @property
+    def path(self) -> Path:
+        return self.settings().ensure_home()
+
+    def checkpoint_dir(self, run_id: str) -> Path:
+        path = self.path / "checkpoints" / run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def corpus_dir(self) -> Path:
+        path = self.path / "corpus"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class StoreResource(dg.ConfigurableResource):
+    """The project's SQL database (DATABASE_URL); the schema is brought to head on first use."""
+
+    database_url: str | None = None
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    def url(self) -> str:
+        return self.database_url or load_settings().database_url
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from ..store import ensure_schema, make_engine
+
+            engine = make_engine(self.url())
+            ensure_schema(engine)
+            self._engine = engine
+        return self._engine
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class RegistryResource(dg.ConfigurableResource):
+    """MLflow tracking and model registry (MLFLOW_TRACKING_URI), through our own wrapper."""
+
+    tracking_uri: str | None = None
+    artifact_root: str | None = None
+    ui_url: str = "http://127.0.0.1:5000"
+    max_retries: int = 2
+    timeout_seconds: float = 5.0
+
+    def registry(self):  # -> ModelRegistry (imported lazily: MLflow is a heavy import)
+        from ..registry import ModelRegistry
+
+        settings = load_settings()
+        return ModelRegistry(
+            self.tracking_uri or settings.mlflow_tracking_uri,
+            self.artifact_root or str(settings.mlflow_artifact_root),
+            max_retries=self.max_retries,
+            timeout_seconds=self.timeout_seconds,
+        )
+
+
+def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """Development and test: everything from the settings defaults. Production: credentials
+    and locations from the environment, read when a run starts."""
+    if settings.env is Environment.production:
+        return {
+            "data_home": DataHome(home=dg.EnvVar("QUADRA_HOME")),
+            "store": StoreResource(database_url=dg.EnvVar("DATABASE_URL")),
+            "registry": RegistryResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+        }
+    return {"data_home": DataHome(), "store": StoreResource(), "registry": RegistryResource()}

@@ -1,0 +1,52 @@
+"""A snapshot of the asset graph: a lineage change shows up as a diff of asset_graph.json.
+
+Regenerate after an intended change: QUADRA_UPDATE_SNAPSHOTS=1 pytest quadra_pipeline_tests/defs/test_asset_graph.py
+"""
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from quadra_pipeline.definitions import defs as load_defs
+
+SNAPSHOT = Path(__file__).with_name("asset_graph.json")
+
+
+def graph_snapshot(defs: dg.Definitions) -> dict:
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        assets[key.to_user_string()] = {
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
+            "group": node.group_name,
+            "kinds": sorted(node.kinds),
+            "owners": sorted(node.owners),
+            "has_description": bool(node.description),
+            "checks": sorted(
+                f"{c.name}{' (blocking)' if graph.get(c).blocking else ''}" for c in node.check_keys
+            ),
+        }
+    jobs = {job.name: sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys) if job.asset_layer else []
+            for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
+    schedules = {s.name: {"job": s.job_name, "cron": s.cron_schedule, "default_status": s.default_status.value}
+                 for s in defs.schedules}
+    return {"assets": assets, "jobs": jobs, "schedules": schedules}
+
+
+def test_asset_graph_matches_snapshot():
+    current = graph_snapshot(load_defs())
+    if os.environ.get("QUADRA_UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
+        SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    assert current == json.loads(SNAPSHOT.read_text())
+
+
+def test_every_asset_has_description_owner_kind_and_group():
+    for key, node in graph_snapshot(load_defs())["assets"].items():
+        assert node["has_description"] and node["owners"] and node["kinds"] and node["group"] != "default", key
+
+
+def test_definitions_validate():
+    dg.Definitions.validate_loadable(load_defs())

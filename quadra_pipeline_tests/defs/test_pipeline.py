@@ -1,0 +1,141 @@
+"""The whole graph, materialised against a real Dagster instance, MLflow store and database."""
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from quadra_pipeline.definitions import defs as load_defs
+from quadra_pipeline_tests.defs.conftest import run_config
+
+
+def training_job():
+    return load_defs().resolve_job_def("training_job")
+
+
+def registry():
+    from quadra_pipeline.registry import ModelRegistry
+    from quadra_pipeline.settings import load_settings
+
+    settings = load_settings()
+    return ModelRegistry(settings.mlflow_tracking_uri, str(settings.mlflow_artifact_root))
+
+
+def store_rows(table):
+    from quadra_pipeline.settings import load_settings
+
+    engine = sa.create_engine(load_settings().database_url)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.text(f"select * from {table}"))]
+
+
+def check_results(result):
+    return {
+        (e.asset_check_evaluation_data.asset_key.to_user_string(), e.asset_check_evaluation_data.check_name): e.asset_check_evaluation_data.passed
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    }
+
+
+def failure_text(result) -> str:
+    """The failed step's error and its causes, as the run log shows them."""
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    texts, error = [], failure.event_specific_data.error
+    while error is not None:
+        texts.append(error.message)
+        error = error.cause
+    return "\n".join(texts)
+
+
+def materialized(result):
+    return sorted(
+        e.asset_key.to_user_string() for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+    )
+
+
+@pytest.mark.slow
+def test_whole_graph_then_a_worse_model_is_registered_but_not_champion(instance, quadra_env):
+    # 1. A good model: trained for 12 batches. Everything materialises, every check passes.
+    first = training_job().execute_in_process(run_config=run_config(batches=12), instance=instance)
+    assert first.success
+    assert materialized(first) == [
+        "champion_model", "corpus", "model_evaluation", "quadra_model", "registered_model", "system_state", "training_metrics",
+    ]
+    assert all(check_results(first).values()) and len(check_results(first)) == 4
+
+    reg = registry()
+    versions = reg.list_versions()
+    assert [v.version for v in versions] == [1]
+    tags = reg.version_tags(1)
+    assert tags["dagster_run_id"] == first.run_id
+    assert {"checkpoint_sha256", "code_version", "data_fingerprint"} <= set(tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        downloaded = reg.download_checkpoint(1, Path(tmp))
+        assert hashlib.sha256(downloaded.read_bytes()).hexdigest() == tags["checkpoint_sha256"]
+    assert reg.alias_version("champion") == 1 and reg.alias_version("challenger") == 1
+
+    metrics = store_rows("training_metrics")
+    assert len(metrics) == 12 and {m["model_version_id"] for m in metrics} != {None}
+    import mlflow
+
+    mlflow.set_tracking_uri(reg.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/quadra-matrix@champion")
+    import numpy as np
+
+    assert model.predict(np.zeros((2, 24), dtype=np.float32)).shape == (2, 3)
+
+    # The materialisation carries the curve, the MLflow link and the final figures.
+    event = instance.get_latest_materialization_event(dg.AssetKey("quadra_model"))
+    metadata = event.asset_materialization.metadata
+    assert metadata["curve"].value.startswith("![loss and reward per batch](data:image/png;base64,")
+    assert "#/experiments/" in metadata["mlflow_run"].value
+    assert metadata["batches"].value == 12 and metadata["rows_per_second"].value > 0
+
+    # 2. A deliberately worse model (one batch): registered as challenger, champion stays.
+    second = training_job().execute_in_process(run_config=run_config(batches=1), instance=instance, raise_on_error=False)
+    assert not second.success  # the blocking gate failed the run...
+    checks = check_results(second)
+    assert checks[("registered_model", "not_worse_than_champion")] is False
+    assert checks[("registered_model", "checkpoint_sha256_matches")] is True
+    assert "champion_model" not in materialized(second)  # ...and kept the champion where it was
+    assert [v.version for v in reg.list_versions()] == [1, 2]
+    assert reg.alias_version("champion") == 1 and reg.alias_version("challenger") == 2
+
+    events = store_rows("model_alias_events")
+    champion_moves = [e for e in events if e["alias"] == "champion"]
+    assert len(champion_moves) == 1 and champion_moves[0]["moved_by"] == f"dagster:{first.run_id}"
+
+
+def test_bad_config_is_refused_before_training(instance, quadra_env):
+    result = training_job().execute_in_process(
+        run_config=run_config(batches=0), instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    text = failure_text(result)
+    assert "batches" in text and "greater than or equal to 1" in text
+    if (quadra_env / "quadra.db").exists():
+        assert store_rows("training_runs") == []
+    assert not list(quadra_env.rglob("*.pt"))
+    assert "quadra_model" not in materialized(result)
+
+
+def test_missing_corpus_file_is_a_clear_failure(instance, quadra_env, tmp_path):
+    config = run_config()
+    config["ops"]["corpus"]["config"] = {"source": "file", "source_options": {"path": str(tmp_path / "nope.jsonl")}}
+    result = training_job().execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+    assert not result.success
+    assert "nope.jsonl does not exist" in failure_text(result)
+    assert materialized(result) == []
+
+
+def test_unreachable_mlflow_server_fails_fast_and_registers_nothing(instance, quadra_env, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    result = training_job().execute_in_process(run_config=run_config(), instance=instance, raise_on_error=False)
+    assert not result.success
+    message = failure_text(result)
+    assert "unreachable" in message and "attempts" in message  # bounded retries, said so
+    assert materialized(result) == ["corpus"]  # nothing trained, nothing registered
+    assert not list(quadra_env.rglob("*.pt"))
