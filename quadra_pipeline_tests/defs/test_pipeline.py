@@ -139,3 +139,31 @@ def test_unreachable_mlflow_server_fails_fast_and_registers_nothing(instance, qu
     assert "unreachable" in message and "attempts" in message  # bounded retries, said so
     assert materialized(result) == ["corpus"]  # nothing trained, nothing registered
     assert not list(quadra_env.rglob("*.pt"))
+
+
+def test_resume_from_a_checkpoint_and_roll_back_the_champion(instance, quadra_env):
+    job = training_job()
+    first = job.execute_in_process(run_config=run_config(batches=6, checkpoint_every=3), instance=instance)
+    assert first.success
+    checkpoint = quadra_env / "checkpoints" / first.run_id / "checkpoint.pt"
+    resumed = job.execute_in_process(
+        run_config=run_config(batches=8, resume_from=str(checkpoint)), instance=instance, raise_on_error=False
+    )
+    event = instance.get_latest_materialization_event(dg.AssetKey("quadra_model"))
+    assert event.run_id == resumed.run_id
+    assert event.asset_materialization.metadata["resumed_from_batch"].value == 6
+    assert event.asset_materialization.metadata["batches"].value == 8
+    runs = store_rows("training_runs")
+    metrics = store_rows("training_metrics")
+    second_run = next(r["id"] for r in runs if r["external_run_id"] == resumed.run_id)
+    assert sorted(m["batch_number"] for m in metrics if m["training_run_id"] == second_run) == [7, 8]
+
+    # Roll back: promote_model_job moves champion to version 1, recorded with who and why.
+    reg = registry()
+    assert [v.version for v in reg.list_versions()] == [1, 2]
+    rollback = load_defs().resolve_job_def("promote_model_job").execute_in_process(
+        run_config={"ops": {"promote_version": {"config": {"version": 1, "reason": "rollback drill"}}}}, instance=instance
+    )
+    assert rollback.success and reg.alias_version("champion") == 1
+    last = store_rows("model_alias_events")[-1]
+    assert (last["alias"], last["reason"], last["moved_by"]) == ("champion", "rollback drill", f"dagster:{rollback.run_id}")
