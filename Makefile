@@ -8,7 +8,7 @@ PIP_OPTIONS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test bench clean-venv
+.PHONY: install run dev mlflow-ui dagster-home test bench clean-venv
 
 install: $(STAMP)
 
@@ -21,11 +21,35 @@ $(STAMP): pyproject.toml constraints.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# Train the model for a few batches on the embedded defaults (synthetic corpus, SQLite, local files).
-run: $(STAMP)
-	$(BIN)/quadra db upgrade
-	$(BIN)/quadra train --batches 5 --out .quadra/runs/demo
-	$(BIN)/quadra model probe .quadra/runs/demo/checkpoint.pt
+# The main job on the embedded defaults: training_job (synthetic corpus -> trained model ->
+# evaluation -> MLflow registry), SQLite everywhere under .quadra/.
+DAGSTER_HOME ?= $(CURDIR)/.quadra/dagster
+export DAGSTER_HOME
+MLFLOW_PORT ?= 5000
+DAGSTER_PORT ?= 3000
+
+run: $(STAMP) dagster-home
+	$(BIN)/dagster job execute -m quadra_pipeline.definitions -j training_job
+	@$(BIN)/quadra model list
+	@echo
+	@echo "Where to look:"
+	@echo "  Dagster UI (assets, runs, checks):  make dev         -> http://127.0.0.1:$(DAGSTER_PORT)"
+	@echo "  MLflow UI (runs, registry):         make mlflow-ui   -> http://127.0.0.1:$(MLFLOW_PORT)"
+	@echo "  Registry from the shell:            $(BIN)/quadra model list"
+	@echo "  Files: checkpoints, corpus, stores: $(CURDIR)/.quadra/"
+
+dagster-home:
+	@mkdir -p $(DAGSTER_HOME)
+	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# Dagster UI and daemon (schedules, queued runs).
+dev: $(STAMP) dagster-home
+	$(BIN)/dagster dev -h 127.0.0.1 -p $(DAGSTER_PORT) -w workspace.yaml
+
+# MLflow UI over the local tracking store (lean: one worker, no job runner).
+mlflow-ui: $(STAMP)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow server --workers 1 \
+		--host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(CURDIR)/.quadra/mlflow.db
 
 # The whole test suite (PostgreSQL tests run when the server at 127.0.0.1:5432 answers).
 test: $(STAMP)
@@ -33,6 +57,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_logging.py
+	$(BIN)/python benchmarks/bench_store.py
 
 clean-venv:
 	rm -rf $(VENV)
