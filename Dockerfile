@@ -7,13 +7,14 @@ ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-WORKDIR /src
+WORKDIR /app
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY constraints.txt pyproject.toml README.md ./
+COPY constraints.txt pyproject.toml README.md workspace.yaml ./
 COPY quadra_pipeline ./quadra_pipeline
+# Editable: the code location loads its defs folder through pyproject.toml's [tool.dg].
 RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX_URL}" \
- && pip install -c constraints.txt . \
+ && pip install -c constraints.txt -e . \
  && pip check
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
@@ -26,8 +27,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system quadra && useradd --system --gid quadra --home-dir /app --shell /usr/sbin/nologin quadra \
  && mkdir -p /app /data /opt/dagster/home && chown -R quadra:quadra /app /data /opt/dagster/home
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build --chown=quadra:quadra /app /app
 WORKDIR /app
-COPY --chown=quadra:quadra workspace.yaml ./
 COPY --chown=quadra:quadra deploy/dagster.yaml /opt/dagster/home/dagster.yaml
 USER quadra
 EXPOSE 3000
