@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # URLs may carry passwords: kept out of repr() (and so out of logs).
     database_url_override: str | None = Field(None, alias="DATABASE_URL", repr=False)
     mlflow_tracking_uri_override: str | None = Field(None, alias="MLFLOW_TRACKING_URI", repr=False)
+    mlflow_ui_url_override: str | None = Field(None, alias="QUADRA_MLFLOW_UI_URL")
     secret_key: SecretStr | None = Field(None, alias="QUADRA_SECRET_KEY")
     backup_dir_override: Path | None = Field(None, alias="QUADRA_BACKUP_DIR")
 
@@ -72,7 +73,7 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
 
-    @field_validator("database_url_override", "mlflow_tracking_uri_override", mode="before")
+    @field_validator("database_url_override", "mlflow_tracking_uri_override", "mlflow_ui_url_override", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
@@ -100,6 +101,15 @@ class Settings(BaseSettings):
     @cached_property
     def mlflow_tracking_uri(self) -> str:
         return self.mlflow_tracking_uri_override or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_ui_url(self) -> str:
+        """Where links to MLflow runs point: the server itself, or `make mlflow-ui`'s address."""
+        if self.mlflow_ui_url_override:
+            return self.mlflow_ui_url_override.rstrip("/")
+        if self.mlflow_tracking_uri.startswith(("http://", "https://")):
+            return self.mlflow_tracking_uri.rstrip("/")
+        return "http://127.0.0.1:5000"
 
     @property
     def mlflow_artifact_root(self) -> Path:

@@ -25,8 +25,15 @@ class MissingUpstreamError(Exception):
 
 
 def upstream_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict[str, Any]:
-    """Metadata of the latest materialisation of `key` (in this run, if it made one)."""
-    event = context.instance.get_latest_materialization_event(key)
+    """Metadata of `key`'s materialisation in this run; if this run did not make one (the
+    asset was materialised on its own), the latest one on the instance."""
+    event = None
+    for record in context.instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.asset_key == key:
+            event = record
+    if event is None:
+        event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         raise MissingUpstreamError(
             f"{key.to_user_string()} has never been materialised; materialise it first "

@@ -67,9 +67,12 @@ class RegistryResource(dg.ConfigurableResource):
 
     tracking_uri: str | None = None
     artifact_root: str | None = None
-    ui_url: str = "http://127.0.0.1:5000"
+    ui_url: str | None = None  # default: settings.mlflow_ui_url
     max_retries: int = 2
     timeout_seconds: float = 5.0
+
+    def ui_base(self) -> str:
+        return self.ui_url or load_settings().mlflow_ui_url
 
     def registry(self):  # -> ModelRegistry (imported lazily: MLflow is a heavy import)
         from ..registry import ModelRegistry
@@ -84,11 +87,12 @@ class RegistryResource(dg.ConfigurableResource):
 
 
 def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
-    """Development and test: everything from the settings defaults. Production: credentials
-    and locations from the environment, read when a run starts."""
+    """Development and test: everything from the settings defaults. Production: the two
+    URLs that carry credentials come from the environment (required; read when a run starts,
+    never stored in run config); the data home keeps its settings default."""
     if settings.env is Environment.production:
         return {
-            "data_home": DataHome(home=dg.EnvVar("QUADRA_HOME")),
+            "data_home": DataHome(),
             "store": StoreResource(database_url=dg.EnvVar("DATABASE_URL")),
             "registry": RegistryResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
         }

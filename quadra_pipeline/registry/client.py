@@ -715,6 +715,9 @@ class ModelRegistry:
                     input_example=example,
                     extra_files=[str(checkpoint)],
                     pip_requirements=requirements,
+                    # Our package travels with the model, so it loads where quadra-pipeline is
+                    # not installed (the pickle refers to its classes).
+                    code_paths=[str(Path(__file__).resolve().parents[1])],
                 )
                 self.client.finalize_logged_model(logged.model_id, "READY")
             except BaseException:

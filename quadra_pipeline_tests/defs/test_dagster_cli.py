@@ -65,14 +65,18 @@ class Background:
         )
 
     def stop(self):
+        """SIGTERM to the group; True if everything stopped on it (False: SIGKILL was needed)."""
+        clean = True
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                clean = False
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         self.log.close()
+        return clean
 
 
 def wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> bytes:
@@ -146,8 +150,8 @@ def test_job_launch_is_queued_then_run_by_the_daemon_one_training_at_a_time(tmp_
         log = (tmp_path / "daemon.log").read_text()[-3000:]
         assert [status for _, status in states] == [dg.DagsterRunStatus.SUCCESS] * 2, (states, log)
     finally:
-        daemon.stop()
-    assert daemon.process.returncode is not None
+        stopped_on_sigterm = daemon.stop()
+    assert stopped_on_sigterm
     # The tag limit in dagster.yaml (quadra/training: 1) kept the two runs from overlapping.
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         records = sorted(instance.get_run_records(filters=dg.RunsFilter(job_name="training_job")), key=lambda r: r.start_time)
@@ -186,8 +190,8 @@ def test_dagster_dev_starts_ui_and_daemon_and_stops_on_sigterm(tmp_path):
         statuses = {d["daemonType"]: d for d in data["instance"]["daemonHealth"]["allDaemonStatuses"]}
         assert "SCHEDULER" in statuses and "QUEUED_RUN_COORDINATOR" in statuses
     finally:
-        dev.stop()
-    assert dev.process.returncode is not None
+        stopped_on_sigterm = dev.stop()
+    assert stopped_on_sigterm, "dagster dev (and its webserver and daemon) must stop on SIGTERM"
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,7 @@ def test_whole_graph_then_a_worse_model_is_registered_but_not_champion(instance,
     assert reg.alias_version("champion") == 1 and reg.alias_version("challenger") == 1
 
     metrics = store_rows("training_metrics")
-    assert len(metrics) == 12 and {m["model_version_id"] for m in metrics} != {None}
+    assert len(metrics) == 12 and None not in {m["model_version_id"] for m in metrics}
     import mlflow
 
     mlflow.set_tracking_uri(reg.tracking_uri)
@@ -115,11 +115,18 @@ def test_bad_config_is_refused_before_training(instance, quadra_env):
     )
     assert not result.success
     text = failure_text(result)
-    assert "batches" in text and "greater than or equal to 1" in text
-    if (quadra_env / "quadra.db").exists():
-        assert store_rows("training_runs") == []
-    assert not list(quadra_env.rglob("*.pt"))
-    assert "quadra_model" not in materialized(result)
+    assert "train_model config refused before anything ran" in text
+    assert "batches: Input should be greater than or equal to 1" in text
+    assert materialized(result) == []  # not even the corpus: the first step checked the config
+    assert not (quadra_env / "quadra.db").exists() and not list(quadra_env.rglob("*.pt"))
+
+
+def test_a_corpus_too_small_for_the_batches_is_refused_first(instance, quadra_env):
+    config = run_config(batches=50, training_rows=100)
+    result = training_job().execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+    assert not result.success
+    assert "the corpus has 100 training rows, but batches=50 x rows_per_batch=10 needs 500" in failure_text(result)
+    assert materialized(result) == []
 
 
 def test_missing_corpus_file_is_a_clear_failure(instance, quadra_env, tmp_path):
@@ -149,6 +156,8 @@ def test_resume_from_a_checkpoint_and_roll_back_the_champion(instance, quadra_en
     resumed = job.execute_in_process(
         run_config=run_config(batches=8, resume_from=str(checkpoint)), instance=instance, raise_on_error=False
     )
+    checks = check_results(resumed)
+    assert checks[("training_metrics", "one_row_per_batch")] and checks[("quadra_model", "weights_finite")]
     event = instance.get_latest_materialization_event(dg.AssetKey("quadra_model"))
     assert event.run_id == resumed.run_id
     assert event.asset_materialization.metadata["resumed_from_batch"].value == 6
@@ -167,3 +176,52 @@ def test_resume_from_a_checkpoint_and_roll_back_the_champion(instance, quadra_en
     assert rollback.success and reg.alias_version("champion") == 1
     last = store_rows("model_alias_events")[-1]
     assert (last["alias"], last["reason"], last["moved_by"]) == ("champion", "rollback drill", f"dagster:{rollback.run_id}")
+
+
+def materialize_only(instance, *keys, run_config=None):
+    defs = load_defs()
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance, asset_selection=[dg.AssetKey(k) for k in keys], run_config=run_config or {}, raise_on_error=False
+    )
+
+
+@pytest.mark.slow
+def test_assets_on_their_own_cannot_bypass_the_gate_or_duplicate_versions(instance, quadra_env):
+    job = training_job()
+    assert job.execute_in_process(run_config=run_config(batches=12), instance=instance).success
+    worse = job.execute_in_process(run_config=run_config(batches=1), instance=instance, raise_on_error=False)
+    assert not worse.success
+    reg = registry()
+    assert reg.alias_version("champion") == 1 and reg.alias_version("challenger") == 2
+
+    # The UI's "Materialize" on champion_model alone: refused, champion stays.
+    alone = materialize_only(instance, "champion_model")
+    assert not alone.success
+    assert "version 2 did not pass the champion gate" in failure_text(alone)
+    assert reg.alias_version("champion") == 1
+
+    # registered_model alone, for the same checkpoint: no second copy of it in the registry.
+    again = materialize_only(instance, "registered_model")
+    assert [v.version for v in reg.list_versions()] == [1, 2]
+    assert check_results(again)[("registered_model", "not_worse_than_champion")] is False
+
+
+def test_an_asset_whose_upstream_never_ran_says_so(instance, quadra_env):
+    result = materialize_only(instance, "model_evaluation")
+    assert not result.success
+    assert "quadra_model has never been materialised" in failure_text(result)
+
+
+@pytest.mark.slow
+def test_mlflow_down_between_training_and_registering_leaves_no_partial_version(instance, quadra_env, monkeypatch):
+    config = run_config(batches=3)
+    trained = materialize_only(instance, "corpus", "quadra_model", "training_metrics", "system_state", "model_evaluation", run_config=config)
+    assert trained.success
+    good_uri = registry().tracking_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    result = materialize_only(instance, "registered_model")
+    assert not result.success and "unreachable" in failure_text(result)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", good_uri)
+    assert registry().list_versions() == []
+    assert store_rows("model_versions") == []

@@ -4,11 +4,11 @@
 from typing import Any, Literal
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from ...data import open_source
 from ...data.snapshot import write_snapshot
-from ..common import CORPUS, OWNER
+from ..common import CORPUS, MODEL, OWNER
 from ..resources import DataHome
 
 
@@ -25,6 +25,27 @@ class CorpusConfig(dg.Config):
     held_out_rows: int = Field(200, ge=10, le=1_000_000, description="Rows after those, kept for evaluation only.")
 
 
+def refuse_bad_training_config(context: dg.AssetExecutionContext, config: CorpusConfig) -> None:
+    """Check the run's training hyperparameters before any step does work.
+
+    Dagster's config schema checks types in the Launchpad, not bounds; the bounds live on the
+    pydantic fields of `TrainingRunConfig`. This first step of the run validates them, so a
+    bad value stops the run before the corpus is written or anything trains.
+    """
+    from ..training.assets import TrainingRunConfig, check_corpus_is_large_enough
+
+    ops = (context.run.run_config or {}).get("ops", {})
+    in_this_run = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
+    if "train_model" not in ops and MODEL not in in_this_run:
+        return
+    try:
+        training = TrainingRunConfig(**(ops.get("train_model", {}).get("config") or {}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise dg.Failure(f"train_model config refused before anything ran: {problems}") from None
+    check_corpus_is_large_enough(config.training_rows, training)
+
+
 @dg.asset(
     key=CORPUS,
     group_name="data",
@@ -33,6 +54,7 @@ class CorpusConfig(dg.Config):
     description="Snapshot of the training text (train and held-out parquet files, named by the SHA-256 of their rows).",
 )
 def corpus(context: dg.AssetExecutionContext, config: CorpusConfig, data_home: DataHome) -> dg.MaterializeResult:
+    refuse_bad_training_config(context, config)
     source = open_source(config.source, **config.source_options)
     snapshot = write_snapshot(source, data_home.corpus_dir(), config.training_rows, config.held_out_rows)
     context.log.info(f"corpus snapshot {snapshot.fingerprint[:16]}: {snapshot.training_rows} + {snapshot.held_out_rows} rows")

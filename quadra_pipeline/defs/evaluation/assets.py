@@ -23,7 +23,7 @@ from ..resources import RegistryResource
 )
 def model_evaluation(context: dg.AssetExecutionContext, registry: RegistryResource) -> dg.MaterializeResult:
     trained = upstream_metadata(context, MODEL)
-    snapshot = read_snapshot(upstream_metadata(context, CORPUS)["path"])
+    snapshot = read_snapshot(trained["corpus_path"])  # the corpus this model was trained on
     model = load_checkpoint(trained["checkpoint_path"]).model
     result = evaluate(model, snapshot.held_out_texts())
     metrics = result.as_metrics()

@@ -3,8 +3,9 @@ that passes the champion gate moves `champion`.
 
 The gate is a blocking check on `registered_model`: a worse model is registered (so it can be
 inspected, compared and promoted by hand) but `champion_model` does not materialise for it.
-Both models are evaluated on the same held-out data in the same run, so the comparison is fair
-even when the champion was trained on another corpus.
+The champion is re-evaluated in the same step with the same code as the challenger (its gate
+score, the policy's loss on the spec's fixed probe vectors, needs no corpus), so the comparison
+does not depend on when or how the champion was trained.
 """
 
 
@@ -17,7 +18,7 @@ from pydantic import Field
 from ...data.snapshot import read_snapshot
 from ...model import file_sha256, load_checkpoint
 from ...model.evaluation import evaluate
-from ..common import CHAMPION, CORPUS, EVALUATION, MODEL, OWNER, REGISTERED, code_version, upstream_metadata
+from ..common import CHAMPION, EVALUATION, MODEL, OWNER, REGISTERED, code_version, upstream_metadata
 from ..resources import RegistryResource, StoreResource
 
 
@@ -57,66 +58,83 @@ def registered_model(
 
     trained = upstream_metadata(context, MODEL)
     evaluation = upstream_metadata(context, EVALUATION)
-    snapshot = read_snapshot(upstream_metadata(context, CORPUS)["path"])
+    if evaluation.get("checkpoint_sha256") != trained["checkpoint_sha256"]:
+        raise dg.Failure(
+            "model_evaluation is stale: it evaluated another checkpoint than the current quadra_model; "
+            "materialise model_evaluation first"
+        )
     reg = registry.registry()
     reg.check_available()
     model = load_checkpoint(trained["checkpoint_path"]).model
     champion_before = reg.alias_version(CHAMPION_ALIAS)
-    version = register_and_mirror(
-        reg,
-        store.engine(),
-        run_id=trained["mlflow_run_id"],
-        model=model,
-        checkpoint_path=Path(trained["checkpoint_path"]),
-        tags={
-            "dagster_run_id": context.run.run_id,
-            "code_version": code_version(),
-            "data_fingerprint": trained["data_fingerprint"],
-            "field_size": str(trained["field_size"]),
-            "batches": str(trained["batches"]),
-        },
-        description=f"trained by Dagster run {context.run.run_id}",
-        metrics={k: float(v) for k, v in evaluation.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-        training_run=trained["training_run_id"],
-    )
-    context.log.info(f"registered {reg.model_name} version {version.version} (challenger)")
+    existing = [v for v in reg.list_versions() if v.checkpoint_sha256 == trained["checkpoint_sha256"]]
+    if existing:
+        # The same bytes are already a version (a re-run, or an identical retraining): reuse it.
+        version_number, model_uri, version_run = existing[0].version, "", existing[0].run_id
+        context.log.info(f"checkpoint {trained['checkpoint_sha256'][:12]} is already version {version_number}; not registering it again")
+    else:
+        version = register_and_mirror(
+            reg,
+            store.engine(),
+            run_id=trained["mlflow_run_id"],
+            model=model,
+            checkpoint_path=Path(trained["checkpoint_path"]),
+            tags={
+                "dagster_run_id": context.run.run_id,
+                "code_version": code_version(),
+                "data_fingerprint": trained["data_fingerprint"],
+                "field_size": str(trained["field_size"]),
+                "batches": str(trained["batches"]),
+            },
+            description=f"trained by Dagster run {context.run.run_id}",
+            metrics={k: float(v) for k, v in evaluation.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            training_run=trained["training_run_id"],
+        )
+        version_number, model_uri, version_run = version.version, version.model_uri, version.run_id
+        context.log.info(f"registered {reg.model_name} version {version_number} (challenger)")
+
+    # The gate is decided before the materialisation is recorded, so that champion_model can
+    # refuse a version that failed it even when it is materialised on its own later.
+    score = float(evaluation["gate_score"])
+    if champion_before is None or champion_before == version_number:
+        passed, champion_score = True, None
+        reason = "no champion yet" if champion_before is None else "it is the champion already"
+    else:
+        held_out = read_snapshot(trained["corpus_path"]).held_out_texts()
+        champion_score = evaluate(reg.load_model(champion_before), held_out).gate_score
+        passed = score <= champion_score + config.tolerance
+        reason = f"gate score {score:.5f} vs champion v{champion_before} {champion_score:.5f} (tolerance {config.tolerance})"
+    context.log.info(f"champion gate: {'passed' if passed else 'FAILED'}: {reason}")
+
     yield dg.MaterializeResult(
         metadata={
-            "version": version.version,
-            "model_uri": version.model_uri,
-            "checkpoint_sha256": version.checkpoint_sha256,
-            "mlflow_run": dg.MetadataValue.url(reg.run_url(version.run_id, registry.ui_url)),
-            "gate_score": evaluation["gate_score"],
+            "version": version_number,
+            "model_uri": model_uri or f"models:/{reg.model_name}/{version_number}",
+            "checkpoint_sha256": trained["checkpoint_sha256"],
+            "mlflow_run": dg.MetadataValue.url(reg.run_url(version_run, registry.ui_base())),
+            "gate_score": score,
+            "gate_passed": passed,
+            "gate_reason": reason,
             "champion_before": champion_before if champion_before is not None else "none",
         }
     )
 
     with tempfile.TemporaryDirectory() as tmp:
-        downloaded = reg.download_checkpoint(version.version, Path(tmp))
+        downloaded = reg.download_checkpoint(version_number, Path(tmp), verify=False)
         actual = file_sha256(downloaded)
-    tagged = reg.version_tags(version.version).get("checkpoint_sha256", "")
+    tagged = reg.version_tags(version_number).get("checkpoint_sha256", "")
     yield dg.AssetCheckResult(
         check_name="checkpoint_sha256_matches",
         passed=tagged == actual == trained["checkpoint_sha256"],
         metadata={"tagged": tagged, "downloaded": actual, "trained": trained["checkpoint_sha256"]},
     )
-
-    score = float(evaluation["gate_score"])
-    if champion_before is None:
-        passed, champion_score, reason = True, None, "no champion yet"
-    else:
-        champion_model = reg.load_model(champion_before)
-        champion_score = evaluate(champion_model, snapshot.held_out_texts()).gate_score
-        passed = score <= champion_score + config.tolerance
-        reason = f"gate score {score:.5f} vs champion v{champion_before} {champion_score:.5f} (tolerance {config.tolerance})"
-    context.log.info(f"champion gate: {'passed' if passed else 'FAILED'}: {reason}")
     yield dg.AssetCheckResult(
         check_name="not_worse_than_champion",
         passed=passed,
         severity=dg.AssetCheckSeverity.ERROR,
         description=reason,
         metadata={
-            "version": version.version,
+            "version": version_number,
             "gate_score": score,
             "champion_version": champion_before if champion_before is not None else "none",
             "champion_gate_score": champion_score if champion_score is not None else "none",
@@ -138,6 +156,12 @@ def champion_model(context: dg.AssetExecutionContext, registry: RegistryResource
 
     registered = upstream_metadata(context, REGISTERED)
     version = int(registered["version"])
+    if not registered.get("gate_passed", False):
+        raise dg.Failure(
+            f"version {version} did not pass the champion gate ({registered.get('gate_reason', 'no gate result')}); "
+            "it stays challenger. To promote it anyway: quadra model promote "
+            f"{version} --reason ... (or promote_model_job)"
+        )
     previous = promote(
         registry.registry(),
         store.engine(),

@@ -35,6 +35,22 @@ class TrainingRunConfig(dg.Config):
     resume_from: str | None = Field(None, description="Checkpoint (ours) to resume from; it must match these settings.")
 
 
+def check_corpus_is_large_enough(training_rows: int, config: TrainingRunConfig) -> None:
+    needed = config.batches * config.rows_per_batch
+    if training_rows < needed:
+        raise dg.Failure(
+            f"the corpus has {training_rows} training rows, but batches={config.batches} x "
+            f"rows_per_batch={config.rows_per_batch} needs {needed}: raise the corpus's training_rows"
+        )
+
+
+def _quietly(context: dg.AssetExecutionContext, action) -> None:
+    try:
+        action()
+    except Exception as exc:
+        context.log.warning(f"cleanup after a failed training step also failed: {type(exc).__name__}: {exc}")
+
+
 def _image_markdown(png: bytes) -> str:
     return f"![loss and reward per batch](data:image/png;base64,{base64.b64encode(png).decode()})"
 
@@ -76,6 +92,7 @@ def _image_markdown(png: bytes) -> str:
         ),
     ],
     can_subset=False,
+    pool="training",  # dagster.yaml: one slot, whichever job or backfill materialises the model
 )
 def train_model(
     context: dg.AssetExecutionContext,
@@ -87,6 +104,7 @@ def train_model(
     from ...store import finish_training_run, metrics_for_run, save_system_state, session_scope, start_training_run
 
     snapshot = read_snapshot(upstream_metadata(context, CORPUS)["path"])
+    check_corpus_is_large_enough(snapshot.training_rows, config)
     training = TrainingConfig(
         field_size=config.field_size,
         batches=config.batches,
@@ -100,23 +118,24 @@ def train_model(
     reg = registry.registry()
     reg.check_available()  # fail before training, not after, when MLflow is unreachable
     engine = store.engine()
+    run_id = context.run.run_id
     with session_scope(engine) as session:
-        run_row = start_training_run(
+        training_run_id = start_training_run(
             session,
-            external_run_id=context.run.run_id,
+            external_run_id=run_id,
             field_size=config.field_size,
             seed=config.seed,
             config=training.as_dict(),
             source={**snapshot.source, "snapshot": snapshot.fingerprint},
-        )
-        training_run_id = run_row.id
-    mlflow_run_id = reg.start_run(
-        f"train-{context.run.run_id[:8]}",
-        tags={"dagster_run_id": context.run.run_id, "data_fingerprint": snapshot.fingerprint, "code_version": code_version()},
-    )
-    out_dir = data_home.checkpoint_dir(context.run.run_id)
-    logger = MetricLogger(engine, training_run_id, reg, mlflow_run_id, flush_every=config.metrics_flush_every)
+        ).id
+    mlflow_run_id: str | None = None
     try:
+        mlflow_run_id = reg.start_run(
+            f"train-{run_id[:8]}",
+            tags={"dagster_run_id": run_id, "data_fingerprint": snapshot.fingerprint, "code_version": code_version()},
+        )
+        out_dir = data_home.checkpoint_dir(run_id)
+        logger = MetricLogger(engine, training_run_id, reg, mlflow_run_id, flush_every=config.metrics_flush_every)
         reg.log_params(mlflow_run_id, {**config.model_dump(), "data_fingerprint": snapshot.fingerprint})
         outcome = run_training(
             training,
@@ -126,13 +145,18 @@ def train_model(
             on_checkpoint=lambda path, sha, done: context.log.info(f"checkpoint after batch {done}: {path} ({sha[:12]})"),
         )
         logger.close()
-        png = training_curve_png(outcome.metrics, title=f"run {context.run.run_id[:8]}")
+        if outcome.batches_done < config.batches:
+            raise dg.Failure(
+                f"the corpus ran out after {outcome.batches_done} of {config.batches} batches "
+                "(rows without usable text); raise the corpus's training_rows"
+            )
+        png = training_curve_png(outcome.metrics, title=f"run {run_id[:8]}")
         curve_path = out_dir / "training_curve.png"
         curve_path.write_bytes(png)
         reg.log_artifact(mlflow_run_id, curve_path)
         loaded = load_checkpoint(outcome.checkpoint)
         with session_scope(engine) as session:
-            state = save_system_state(
+            state_id = save_system_state(
                 session,
                 field_size=config.field_size,
                 iteration_count=outcome.batches_done,
@@ -143,21 +167,26 @@ def train_model(
                 variance_history=[m.variance for m in outcome.metrics],
                 field_mean_history=[m.field_mean for m in outcome.metrics],
                 training_run=training_run_id,
-            )
-            state_id = state.id
+            ).id
             finish_training_run(session, training_run_id, status="succeeded")
             stored_rows = len(metrics_for_run(session, training_run_id))
         mlflow_rows = reg.metric_history_length(mlflow_run_id, "loss")
         reg.end_run(mlflow_run_id, "FINISHED")
     except BaseException as exc:
-        with session_scope(engine) as session:
-            finish_training_run(session, training_run_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-        reg.end_run(mlflow_run_id, "FAILED")
+        # Close both records whatever failed (the database or MLflow may be the broken part);
+        # the original error is the one that propagates.
+        _quietly(context, lambda: reg.end_run(mlflow_run_id, "FAILED") if mlflow_run_id else None)
+
+        def mark_failed() -> None:
+            with session_scope(engine) as session:
+                finish_training_run(session, training_run_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+
+        _quietly(context, mark_failed)
         raise
 
     last = outcome.metrics[-1]
     trained_here = len(outcome.metrics)
-    run_url = reg.run_url(mlflow_run_id, registry.ui_url)
+    run_url = reg.run_url(mlflow_run_id, registry.ui_base())
     yield dg.MaterializeResult(
         asset_key=MODEL,
         metadata={
@@ -206,7 +235,8 @@ def train_model(
         check_name="one_row_per_batch",
         asset_key=METRICS,
         passed=stored_rows == trained_here == mlflow_rows,
-        metadata={"batches_trained": trained_here, "sql_rows": stored_rows, "mlflow_rows": mlflow_rows},
+        metadata={"batches_trained": trained_here, "batches_requested": config.batches - outcome.resumed_from,
+                  "sql_rows": stored_rows, "mlflow_rows": mlflow_rows},
     )
 
 
