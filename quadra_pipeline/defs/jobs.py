@@ -19,11 +19,26 @@ training_job = dg.define_asset_job(
     tags={TRAINING_TAG: "true"},
 )
 
-daily_training_schedule = dg.ScheduleDefinition(
+@dg.schedule(
     name="daily_training_schedule",
     job=training_job,
     cron_schedule="0 3 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Retrain every day at 03:00 UTC (stopped until someone turns it on).",
+    description="Retrain every day at 03:00 UTC on that day's corpus and seed (stopped until turned on).",
 )
+def daily_training_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Each day a new seed (the date) for the synthetic corpus and the model, so the schedule
+    does not retrain the same model every day; the champion gate decides what it is worth."""
+    day = context.scheduled_execution_time.date()
+    seed = int(day.strftime("%Y%m%d"))
+    return dg.RunRequest(
+        run_key=day.isoformat(),
+        run_config={
+            "ops": {
+                "corpus": {"config": {"source_options": {"seed": seed}}},
+                "train_model": {"config": {"seed": seed}},
+            }
+        },
+        tags={"quadra/schedule-day": day.isoformat()},
+    )

@@ -71,3 +71,18 @@ def test_every_asset_has_description_owner_kind_and_group():
 
 def test_definitions_validate():
     dg.Definitions.validate_loadable(load_defs())
+
+
+def test_daily_schedule_trains_on_a_new_seed_each_day():
+    import datetime as dt
+
+    schedule = load_defs().resolve_schedule_def("daily_training_schedule")
+    requests = []
+    for day in (dt.datetime(2026, 11, 29, 3, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 30, 3, tzinfo=dt.timezone.utc)):
+        with dg.build_schedule_context(scheduled_execution_time=day) as context:
+            [request] = schedule.evaluate_tick(context).run_requests
+        requests.append(request)
+    seeds = [r.run_config["ops"]["train_model"]["config"]["seed"] for r in requests]
+    assert seeds == [20261129, 20261130]
+    assert requests[0].run_config["ops"]["corpus"]["config"]["source_options"] == {"seed": 20261129}
+    dg.validate_run_config(load_defs().resolve_job_def("training_job"), requests[0].run_config)

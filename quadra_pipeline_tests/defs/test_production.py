@@ -1,0 +1,86 @@
+"""Production wiring: EnvVar-backed resources, and deploy/dagster.yaml on a real PostgreSQL."""
+
+import os
+import shutil
+import uuid
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from quadra_pipeline.defs.resources import RegistryResource, StoreResource, resources_for
+from quadra_pipeline.settings import load_settings
+from quadra_pipeline_tests.defs.conftest import REPO_ROOT
+
+GOOD_KEY = "9f" * 32
+
+
+def test_production_resources_read_the_urls_from_the_environment_at_run_time(quadra_env, monkeypatch):
+    monkeypatch.setenv("QUADRA_ENV", "production")
+    monkeypatch.setenv("QUADRA_SECRET_KEY", GOOD_KEY)
+    resources = resources_for(load_settings())
+
+    @dg.asset
+    def urls(store: StoreResource, registry: RegistryResource) -> dict:
+        return {"db": store.url(), "mlflow": registry.tracking_uri}
+
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///prod.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    result = dg.materialize([urls], resources={k: resources[k] for k in ("store", "registry")})
+    assert result.output_for_node("urls") == {"db": "sqlite:///prod.db", "mlflow": "http://mlflow.internal:5000"}
+    # The values are read when the run starts, not baked into the run's config.
+    run = result.dagster_run
+    assert "prod.db" not in str(run.run_config) and "mlflow.internal" not in str(run.run_config)
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(dg.DagsterInvalidConfigError, match="MLFLOW_TRACKING_URI"):
+        dg.materialize([urls], resources={k: resources[k] for k in ("store", "registry")})
+
+
+def test_production_code_location_refuses_to_load_without_a_secret(quadra_env, monkeypatch):
+    from quadra_pipeline.definitions import defs
+    from quadra_pipeline.settings import SettingsError
+
+    monkeypatch.setenv("QUADRA_ENV", "production")
+    with pytest.raises(SettingsError, match="QUADRA_SECRET_KEY is not set"):
+        defs()
+
+
+@pytest.fixture
+def postgres_database():
+    url = os.environ.get("QUADRA_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    name = f"quadra_dagster_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'create database "{name}"'))
+    except sa.exc.OperationalError as exc:
+        if os.environ.get("CI") and os.environ.get("QUADRA_REQUIRE_POSTGRES", "1") != "0":
+            pytest.fail(f"PostgreSQL is required under CI: {exc}")
+        pytest.skip(f"no PostgreSQL server: {str(exc).splitlines()[0]}")
+    yield name
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_deploy_instance_config_runs_on_postgresql(tmp_path, monkeypatch, postgres_database):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    for key, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_USER": "postgres", "DAGSTER_PG_PASSWORD": "",
+                       "DAGSTER_PG_DB": postgres_database}.items():
+        monkeypatch.setenv(key, value)
+
+    @dg.asset
+    def ping() -> int:
+        return 1
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.run_monitoring_enabled and instance.run_retries_enabled
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        assert {"key": "quadra/training", "limit": 1} in limits
+        assert dg.materialize([ping], instance=instance).success
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
