@@ -1,0 +1,190 @@
+"""The manifest: JSON round trip, canonical signing, validation of every field."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from quadra_pipeline.backup import BackupError, FileEntry, Manifest, UnsafePathError, new_backup_id, sign, signature_ok
+
+SHA = hashlib.sha256(b"x").hexdigest()
+WHEN = datetime(2026, 11, 29, 16, 0, 0, 123456, tzinfo=UTC)
+
+
+def make(**changes) -> Manifest:
+    fields = dict(
+        backup_id="20261129T160000Z-3f9a1c2b",
+        created_at=WHEN,
+        files=(FileEntry("models/champion.pt", 1, SHA), FileEntry("quadra.db", 1, SHA, 0o600)),
+        sources={"mlflow": {"version": "3.17.0"}, "items": [1, 2.5, "x", None, True]},
+    )
+    fields.update(changes)
+    return Manifest(**fields)
+
+
+def test_json_round_trip_keeps_everything():
+    manifest = sign(make(), b"key")
+    data = manifest.to_json()
+    again = Manifest.from_json(data)
+    assert again == manifest
+    assert again.to_json() == data
+    assert again.created_at == WHEN and again.created_at.tzinfo is UTC
+    assert again.files[1].mode == 0o600
+    assert again.total_bytes == 2
+    document = json.loads(data)
+    assert document["format"] == "quadra-backup" and document["format_version"] == 1
+    assert document["created_at"] == "2026-11-29T16:00:00.123456Z"
+    assert document["files"][1] == {"path": "quadra.db", "size": 1, "sha256": SHA, "mode": "0600"}
+
+
+def test_signature_is_hmac_sha256_over_canonical_json_without_the_signature():
+    manifest = make()
+    signed = sign(manifest, "key")
+    document = json.loads(signed.to_json())
+    del document["signature"]
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    assert signed.signed_bytes() == canonical
+    assert signed.signature == hmac.new(b"key", canonical, hashlib.sha256).hexdigest()
+    assert signature_ok(signed, b"key") and signature_ok(signed, "key")
+    assert not signature_ok(signed, b"other key")
+    assert not signature_ok(manifest, b"key")  # unsigned
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"backup_id": "20261129T160000Z-00000000"},
+        {"created_at": WHEN + timedelta(seconds=1)},
+        {"sources": {"mlflow": {"version": "3.17.1"}}},
+        {"files": (FileEntry("models/champion.pt", 2, SHA),)},
+        {"files": (FileEntry("models/champion.pt", 1, SHA, 0o777),)},
+    ],
+)
+def test_any_edit_breaks_the_signature(change):
+    signed = sign(make(), b"key")
+    edited = dataclasses.replace(signed, **change)
+    assert not signature_ok(edited, b"key")
+    assert signature_ok(sign(edited, b"key"), b"key")
+
+
+def test_created_at_in_another_zone_is_stored_as_utc():
+    manifest = make(created_at=datetime(2026, 11, 29, 17, 0, tzinfo=timezone(timedelta(hours=1))))
+    assert manifest.created_at == datetime(2026, 11, 29, 16, 0, tzinfo=UTC)
+    assert b'"2026-11-29T16:00:00.000000Z"' in manifest.to_json()
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("../etc/passwd", "contains '..'"),
+        ("models/../../x", "contains '..'"),
+        ("/etc/passwd", "absolute path"),
+        ("", "empty path"),
+        ("a//b", "not normalized"),
+        ("./a", "not normalized"),
+        ("a/", "not normalized"),
+        ("a\nb", "control character"),
+        ("a\\..\\b", "backslash"),
+    ],
+)
+def test_unsafe_paths_are_refused(path, words):
+    with pytest.raises(UnsafePathError, match=words.replace(".", r"\.")):
+        FileEntry(path, 1, SHA)
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "words"),
+    [
+        (0o120777, UnsafePathError, "is a symlink"),
+        (0o020644, UnsafePathError, "is a device"),
+        (0o060644, UnsafePathError, "is a device"),
+        (0o010644, UnsafePathError, "not a regular file"),
+        (0o4755, BackupError, "setuid"),
+        (-1, BackupError, "not a permission number"),
+    ],
+)
+def test_modes_other_than_permission_bits_are_refused(mode, error, words):
+    with pytest.raises(error, match=words):
+        FileEntry("a", 1, SHA, mode)
+
+
+def test_regular_file_type_bits_are_accepted_and_dropped():
+    assert FileEntry("a", 1, SHA, 0o100640).mode == 0o640
+
+
+@pytest.mark.parametrize(
+    ("files", "error", "words"),
+    [
+        ((FileEntry("a", 1, SHA), FileEntry("a", 1, SHA)), BackupError, "listed twice"),
+        ((FileEntry("a", 1, SHA), FileEntry("a/b", 1, SHA)), UnsafePathError, "lies under 'a'"),
+    ],
+)
+def test_the_files_must_form_a_tree(files, error, words):
+    with pytest.raises(error, match=words):
+        make(files=files)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"backup_id": "../x"}, "backup id '../x' is not valid"),
+        ({"backup_id": ""}, "is not valid"),
+        ({"created_at": datetime(2026, 1, 1)}, "timezone-aware"),
+        ({"sources": {"x": object()}}, "not JSON-serialisable"),
+        ({"sources": {"x": float("nan")}}, "not JSON-serialisable"),
+        ({"format_version": 2}, "format version 2 is not supported"),
+        ({"signature": "xyz"}, "signature is not 64 lowercase hex"),
+    ],
+)
+def test_invalid_manifests_are_refused(change, words):
+    with pytest.raises(BackupError, match=words):
+        make(**change)
+
+
+def test_file_entry_checks_size_and_sha():
+    with pytest.raises(BackupError, match="size -1 is not a byte count"):
+        FileEntry("a", -1, SHA)
+    with pytest.raises(BackupError, match="not 64 lowercase hex"):
+        FileEntry("a", 1, SHA.upper())
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda d: b"not json", "not valid JSON"),
+        (lambda d: b"[]", "a JSON list, not an object"),
+        (lambda d: d.replace(b'"quadra-backup"', b'"other"'), "not a quadra-backup manifest"),
+        (lambda d: d.replace(b'"format_version": 1', b'"format_version": 9'), "format version 9 is not supported"),
+        (lambda d: d.replace(b'"sources"', b'"extra": 1, "sources"'), "unknown fields \\['extra'\\]"),
+        (lambda d: d.replace(b'"backup_id"', b'"id"'), "lacks \\['backup_id'\\]"),
+        (lambda d: d.replace(b"16:00:00.123456Z", b"16:00:00"), "not a UTC time"),
+        (lambda d: d.replace(b'"mode": "0600"', b'"mode": "rw"'), "not an octal number"),
+        (lambda d: d.replace(b'"quadra.db"', b'"../quadra.db"'), "contains '..'"),
+    ],
+)
+def test_from_json_names_the_problem(edit, words):
+    data = edit(make().to_json())
+    with pytest.raises(BackupError, match=words):
+        Manifest.from_json(data)
+
+
+def test_new_backup_ids_sort_by_time_and_are_unique():
+    start = datetime(2026, 11, 29, 16, 0, tzinfo=UTC)
+    times = [start + timedelta(microseconds=i * 7919) for i in range(300)]
+    ids = [new_backup_id(t) for t in times]
+    assert sorted(ids) == ids
+    assert len(set(ids)) == len(ids)
+    assert ids[0].startswith("20261129T160000Z-") and len(ids[0]) == len("20261129T160000Z-3f9a1c2b")
+    assert len({new_backup_id(start) for _ in range(200)}) > 190  # random low bits
+    with pytest.raises(BackupError, match="timezone-aware"):
+        new_backup_id(datetime(2026, 1, 1))
+
+
+def test_empty_key_is_refused():
+    with pytest.raises(BackupError, match="signing key is empty"):
+        sign(make(), b"")
