@@ -1,0 +1,790 @@
+"""What a backup takes from the live system: SQLite online backups, pg_dump, file trees, no secrets.
+
+PostgreSQL tests use the server at `QUADRA_TEST_POSTGRES_URL` (default
+`postgresql+psycopg2://postgres@127.0.0.1:5432/postgres`), create their own databases and drop
+them; they are skipped with the reason if it cannot be reached, and fail instead under `CI` or
+`QUADRA_REQUIRE_POSTGRES=1` (`QUADRA_REQUIRE_POSTGRES=0` skips), as in `store/conftest.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from quadra_pipeline.backup.errors import BackupError
+from quadra_pipeline.backup.sources import (
+    DEFAULT_EXCLUDE,
+    REMOTE_NOTE,
+    WORKDIR_PREFIX,
+    Snapshot,
+    SnapshotError,
+    SourceFile,
+    is_excluded,
+    restore_pg_dump,
+    take_snapshot,
+)
+from quadra_pipeline.store.session import mask_url, normalize_url
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+REVISION = "0123abcd4567"
+
+
+# Helpers ------------------------------------------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_sqlite(path: Path, rows: int = 100, *, wal: bool = True, revision: str | None = REVISION) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, isolation_level=None)
+    if wal:
+        connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pad BLOB)")
+    connection.execute("BEGIN")
+    connection.executemany("INSERT INTO t (v, pad) VALUES (?, randomblob(300))", [(i,) for i in range(rows)])
+    connection.execute("COMMIT")
+    if revision is not None:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+        connection.execute("INSERT INTO alembic_version VALUES (?)", (revision,))
+    connection.close()
+    return path
+
+
+class Home:
+    """A data home laid out like `Settings` (quadra.db, mlflow.db, mlartifacts/, checkpoints/)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.project_db = root / "quadra.db"
+        self.mlflow_db = root / "mlflow.db"
+        self.artifacts = root / "mlartifacts"
+        self.checkpoints = root / "checkpoints"
+        self.backups = root / "backups"
+
+    def snapshot(self, **overrides) -> Snapshot:
+        arguments = dict(
+            database_url=f"sqlite:///{self.project_db}",
+            mlflow_tracking_uri=f"sqlite:///{self.mlflow_db}",
+            mlflow_artifact_root=self.artifacts,
+            checkpoint_dir=self.checkpoints,
+            workdir=self.backups,
+        )
+        arguments.update(overrides)
+        return take_snapshot(**arguments)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return Home(tmp_path / "home")
+
+
+def write(path: Path, content: bytes | str = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def leftover_workdirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob(f"{WORKDIR_PREFIX}*")) if folder.exists() else []
+
+
+# Empty home ---------------------------------------------------------------------------------
+
+
+def test_empty_home_gives_an_empty_valid_snapshot(home: Home) -> None:
+    with home.snapshot() as snapshot:
+        assert snapshot.files == []
+        sources = json.loads(json.dumps(snapshot.sources))  # JSON-able
+        assert sources["absent"] == ["project-db", "mlflow-db", "mlartifacts", "checkpoints"]
+        assert sources["files"] == 0 and sources["bytes"] == 0
+        for name, part in sources["parts"].items():
+            assert part["present"] is False and part["note"].startswith("absent: "), name
+        assert sources["packages"]["quadra-pipeline"]
+        assert set(sources["packages"]) >= {"quadra-pipeline", "mlflow", "torch"}
+    assert leftover_workdirs(home.backups) == []
+    assert not home.project_db.exists() and not home.mlflow_db.exists()  # never created by a backup
+
+
+# SQLite -------------------------------------------------------------------------------------
+
+
+def test_sqlite_databases_are_copied_through_the_online_backup_api(home: Home) -> None:
+    make_sqlite(home.project_db, 120)
+    make_sqlite(home.mlflow_db, 30, wal=False, revision="mlflow-rev-1")
+    with home.snapshot() as snapshot:
+        paths = [f.path for f in snapshot.files]
+        assert paths == ["mlflow-db/mlflow.db", "project-db/quadra.db"]
+        for f in snapshot.files:
+            assert f.source.parent.parent == snapshot.directory  # a copy, never the live file
+            connection = sqlite3.connect(f"file:{f.source}?mode=ro", uri=True)
+            assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # self-contained
+            connection.close()
+            assert not Path(f"{f.source}-wal").exists()
+        project = snapshot.sources["parts"]["project-db"]
+        assert project["kind"] == "sqlite" and project["present"] is True
+        assert project["location"] == f"sqlite:///{home.project_db}"
+        assert project["alembic_revision"] == REVISION
+        assert project["tables"] == {"alembic_version": 1, "t": 120}
+        assert project["journal_mode"] == "wal"
+        assert project["path"] == "project-db/quadra.db"
+        assert project["bytes"] == snapshot.files[1].source.stat().st_size
+        mlflow = snapshot.sources["parts"]["mlflow-db"]
+        assert mlflow["alembic_revision"] == "mlflow-rev-1" and mlflow["tables"]["t"] == 30
+        assert mlflow["journal_mode"] == "delete"
+        assert snapshot.sources["absent"] == ["mlartifacts", "checkpoints"]
+        directory = snapshot.directory
+        assert directory is not None and directory.parent == home.backups
+    assert not directory.exists()
+
+
+def test_database_without_migrations_has_no_revision(home: Home) -> None:
+    make_sqlite(home.project_db, 3, revision=None)
+    with home.snapshot() as snapshot:
+        assert snapshot.sources["parts"]["project-db"]["alembic_revision"] is None
+
+
+def test_online_backup_of_an_unchanged_database_is_byte_identical(home: Home) -> None:
+    make_sqlite(home.project_db, 500)
+    # A reader/writer keeps the WAL alive with committed pages not yet checkpointed.
+    live = sqlite3.connect(home.project_db, isolation_level=None)
+    live.execute("PRAGMA wal_autocheckpoint = 0")
+    live.execute("INSERT INTO t (v) VALUES (-1)")
+    assert Path(f"{home.project_db}-wal").stat().st_size > 0
+    digests = []
+    for _ in range(3):
+        with home.snapshot() as snapshot:
+            digests.append(sha256(snapshot.files[0].source))
+    live.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # same content, now in the main file
+    with home.snapshot() as snapshot:
+        digests.append(sha256(snapshot.files[0].source))
+    live.close()
+    assert len(set(digests)) == 1, digests
+    live = sqlite3.connect(home.project_db, isolation_level=None)
+    live.execute("INSERT INTO t (v) VALUES (-2)")
+    live.close()
+    with home.snapshot() as snapshot:
+        assert sha256(snapshot.files[0].source) != digests[0]
+
+
+WRITER = textwrap.dedent(
+    """
+    import os, sqlite3, sys
+    path, mode, stop, ready = sys.argv[1:5]
+    connection = sqlite3.connect(path, timeout=60, isolation_level=None)
+    connection.execute(f"PRAGMA journal_mode = {mode}")
+    n = connection.execute("SELECT count(*) FROM t").fetchone()[0]
+    while not os.path.exists(stop):
+        connection.execute("BEGIN IMMEDIATE")
+        connection.executemany(
+            "INSERT INTO t (v, pad) VALUES (?, randomblob(400))", [(n + i,) for i in range(10)]
+        )
+        connection.execute("COMMIT")
+        n += 10
+        if n >= 300 and not os.path.exists(ready):
+            open(ready, "w").close()
+    print(n)
+    """
+)
+
+
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+def test_sqlite_copy_is_consistent_while_another_process_writes(home: Home, tmp_path: Path, journal_mode: str) -> None:
+    make_sqlite(home.project_db, 0, wal=journal_mode == "wal", revision=None)
+    stop, ready = tmp_path / "stop", tmp_path / "ready"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(home.project_db), journal_mode, str(stop), str(ready)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert writer.poll() is None, "the writer died"
+            assert time.monotonic() < deadline, "the writer never got going"
+            time.sleep(0.01)
+        counts = []
+        for _ in range(5):
+            with home.snapshot() as snapshot:
+                copy = snapshot.files[0].source
+                connection = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+                try:
+                    assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+                    count, low, high, distinct = connection.execute(
+                        "SELECT count(*), min(v), max(v), count(DISTINCT v) FROM t"
+                    ).fetchone()
+                finally:
+                    connection.close()
+            # A state the writer committed: whole transactions of 10 rows, 0..count-1, no gap.
+            assert count % 10 == 0 and count >= 300
+            assert (low, high, distinct) == (0, count - 1, count)
+            assert snapshot.sources["parts"]["project-db"]["tables"]["t"] == count
+            counts.append(count)
+            time.sleep(0.02)
+    finally:
+        stop.touch()
+        out, _ = writer.communicate(timeout=60)
+    final = int(out.strip())
+    assert counts == sorted(counts) and counts[-1] <= final
+    assert counts[0] < counts[-1], f"the writer made no progress during the snapshots: {counts}"
+
+
+def test_corrupt_sqlite_database_is_a_clear_error(home: Home) -> None:
+    write(home.project_db, b"this is not a database at all" * 200)
+    with pytest.raises(SnapshotError) as caught:
+        home.snapshot()
+    message = str(caught.value)
+    assert message.startswith(f"cannot back up the project database sqlite:///{home.project_db}: ")
+    assert "not a database" in message
+    assert isinstance(caught.value, BackupError)
+    assert leftover_workdirs(home.backups) == []
+
+
+def test_sqlite_database_failing_its_check_is_refused(home: Home) -> None:
+    make_sqlite(home.project_db, 2000, wal=False, revision=None)
+    connection = sqlite3.connect(home.project_db)
+    connection.execute("CREATE INDEX t_v ON t (v)")
+    connection.commit()
+    root = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 't_v'").fetchone()[0]
+    page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+    connection.close()
+    with open(home.project_db, "r+b") as f:  # scribble over the index's root page
+        f.seek((root - 1) * page_size + 8)
+        f.write(b"\xff" * 64)
+    with pytest.raises(SnapshotError) as caught:
+        home.snapshot()
+    message = str(caught.value)
+    assert message.startswith(
+        f"cannot back up the project database sqlite:///{home.project_db}: the copy fails PRAGMA quick_check: "
+        f"On tree page {root} cell "
+    )
+    assert message.endswith(" more)") and "\n" not in message
+
+
+def test_in_memory_and_unsupported_databases_are_refused(home: Home) -> None:
+    for memory in ("sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(SnapshotError) as caught:
+            home.snapshot(database_url=memory)
+        assert str(caught.value) == (
+            f"cannot back up the project database {memory}: only a SQLite database file can be backed up"
+        )
+    with pytest.raises(SnapshotError) as caught:
+        home.snapshot(database_url="mysql://app:hunter2@db.example/quadra")
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+    assert "only sqlite:/// and postgresql://" in str(caught.value)
+    with pytest.raises(SnapshotError, match="MLflow tracking store .*file:///srv/mlruns"):
+        home.snapshot(mlflow_tracking_uri="file:///srv/mlruns")
+    assert leftover_workdirs(home.backups) == []
+
+
+# MLflow -------------------------------------------------------------------------------------
+
+
+def test_remote_mlflow_server_backs_up_only_the_local_artifacts(home: Home) -> None:
+    write(home.artifacts / "1" / "run" / "artifacts" / "model.pt", b"weights")
+    with home.snapshot(mlflow_tracking_uri="https://alice:t0ps3cret@mlflow.example.com:8443/") as snapshot:
+        part = snapshot.sources["parts"]["mlflow-db"]
+        assert part["kind"] == "remote" and part["note"] == REMOTE_NOTE
+        assert part["location"] == "https://alice:***@mlflow.example.com:8443/"
+        assert "t0ps3cret" not in json.dumps(snapshot.sources)
+        assert [f.path for f in snapshot.files] == ["mlartifacts/1/run/artifacts/model.pt"]
+    shutil.rmtree(home.artifacts)
+    with home.snapshot(mlflow_tracking_uri="http://mlflow:5000") as snapshot:
+        assert snapshot.files == []
+        assert "mlartifacts" in snapshot.sources["absent"]
+
+
+# File trees ---------------------------------------------------------------------------------
+
+
+def test_trees_keep_relative_paths_and_never_store_secrets(home: Home, tmp_path: Path) -> None:
+    outside_secret = write(tmp_path / "elsewhere" / "secret.txt", "do not follow me")
+    a, c = home.artifacts, home.checkpoints
+    write(a / "1" / "abc" / "artifacts" / "model" / "checkpoint.pt", b"w" * 1000)
+    write(a / "1" / "abc" / "artifacts" / "metrics.json", "{}")
+    write(a / ".env", "QUADRA_SECRET_KEY=leak")
+    write(a / "1" / "key.pem", "-----BEGIN PRIVATE KEY-----")
+    write(a / "1" / ".env.production", "DATABASE_URL=postgresql://u:p@h/d")
+    write(a / "1" / ".env.example", "QUADRA_SECRET_KEY=change-me")  # a template: kept
+    write(c / "step_100.pt", b"c" * 500)
+    write(c / "nested" / "step_200.pt", b"d" * 300)
+    write(c / ".env", "QUADRA_SECRET_KEY=leak")
+    write(c / "key.pem", "-----BEGIN PRIVATE KEY-----")
+    write(c / "server.KEY", "secret")  # case does not matter
+    write(c / "id_rsa", "ssh key")
+    write(c / "id_ed25519.pub", "ssh key")
+    write(c / "bundle.p12", b"\x00")
+    write(c / "secrets" / "token.txt", "hunter2")
+    write(c / "step_300.pt.tmp", b"half written")
+    write(c / ".step_400.pt.tmp", b"half written")
+    (c / "link_to_secret").symlink_to(outside_secret)
+    (c / "link_to_dir").symlink_to(outside_secret.parent, target_is_directory=True)
+    (c / "broken_link").symlink_to(tmp_path / "missing")
+    os.chmod(c / "step_100.pt", 0o600)
+
+    with home.snapshot() as snapshot:
+        by_path = {f.path: f for f in snapshot.files}
+        assert list(by_path) == [
+            "checkpoints/nested/step_200.pt",
+            "checkpoints/step_100.pt",
+            "mlartifacts/1/.env.example",
+            "mlartifacts/1/abc/artifacts/metrics.json",
+            "mlartifacts/1/abc/artifacts/model/checkpoint.pt",
+        ]
+        assert by_path["checkpoints/step_100.pt"].source == (c / "step_100.pt").resolve()
+        assert by_path["checkpoints/step_100.pt"].mode == 0o600
+        assert by_path["checkpoints/nested/step_200.pt"].mode == 0o644
+        for f in snapshot.files:
+            assert b"leak" not in f.source.read_bytes() and b"PRIVATE KEY" not in f.source.read_bytes()
+        checkpoints = snapshot.sources["parts"]["checkpoints"]
+        assert checkpoints["files"] == 2 and checkpoints["bytes"] == 800
+        assert checkpoints["excluded"] == [
+            ".env", "bundle.p12", "id_ed25519.pub", "id_rsa", "key.pem", "secrets/", "server.KEY",
+        ]
+        assert checkpoints["skipped_symlinks"] == ["broken_link", "link_to_dir", "link_to_secret"]
+        assert checkpoints["skipped_temporary"] == [".step_400.pt.tmp", "step_300.pt.tmp"]
+        assert checkpoints["skipped_special"] == []
+        artifacts = snapshot.sources["parts"]["mlartifacts"]
+        assert artifacts["excluded"] == [".env", "1/.env.production", "1/key.pem"]
+        assert artifacts["files"] == 3 and artifacts["bytes"] == 1000 + 2 + len("QUADRA_SECRET_KEY=change-me")
+        assert snapshot.sources["files"] == 5
+        assert snapshot.sources["absent"] == ["project-db", "mlflow-db"]
+
+
+def test_exclude_patterns() -> None:
+    assert is_excluded(".env") and is_excluded("a/b/.env") and is_excluded(".ENV")
+    assert is_excluded(".env.local") and not is_excluded(".env.example")
+    assert is_excluded("deep/tls/server.pem") and is_excluded("x.key") and is_excluded("id_rsa.pub")
+    assert is_excluded("secrets", is_dir=True) and not is_excluded("secrets")  # folders only
+    assert not is_excluded("checkpoint.pt") and not is_excluded("environment.yaml")
+    custom = (*DEFAULT_EXCLUDE, "*.log", "runs/*/cache/", "!keep.key")
+    assert is_excluded("train.log", custom) and not is_excluded("keep.key", custom)
+    assert is_excluded("runs/7/cache", custom, is_dir=True) and not is_excluded("other/7/cache", custom, is_dir=True)
+
+
+def test_custom_exclude_and_extra_dirs(home: Home, tmp_path: Path) -> None:
+    write(home.checkpoints / "a.pt")
+    write(home.checkpoints / "train.log")
+    write(home.checkpoints / ".env")
+    state = tmp_path / "state"
+    write(state / "trainer.json", "{}")
+    write(state / "debug.log")
+    with home.snapshot(extra_dirs={"state": state}, exclude=(*DEFAULT_EXCLUDE, "*.log")) as snapshot:
+        assert [f.path for f in snapshot.files] == ["checkpoints/a.pt", "state/trainer.json"]
+        assert snapshot.sources["parts"]["state"]["excluded"] == ["debug.log"]
+    with home.snapshot(exclude=()) as snapshot:  # the caller may opt out; temp files never
+        assert ".env" in {Path(f.path).name for f in snapshot.files}
+    for bad in ("checkpoints", "../up", "a/b", "", ".hidden"):
+        with pytest.raises(ValueError, match="extra folder name"):
+            home.snapshot(extra_dirs={bad: state})
+
+
+def test_a_symlinked_root_is_followed_but_nothing_inside(home: Home, tmp_path: Path) -> None:
+    real = tmp_path / "big-disk" / "checkpoints"
+    write(real / "a.pt", b"a")
+    (real / "loop").symlink_to(real, target_is_directory=True)
+    home.root.mkdir(parents=True)
+    home.checkpoints.symlink_to(real, target_is_directory=True)
+    with home.snapshot() as snapshot:
+        assert [f.path for f in snapshot.files] == ["checkpoints/a.pt"]
+        part = snapshot.sources["parts"]["checkpoints"]
+        assert part["resolved"] == str(real.resolve()) and part["skipped_symlinks"] == ["loop"]
+
+
+def test_special_files_are_skipped(home: Home) -> None:
+    write(home.checkpoints / "a.pt")
+    os.mkfifo(home.checkpoints / "pipe")
+    with home.snapshot() as snapshot:
+        assert [f.path for f in snapshot.files] == ["checkpoints/a.pt"]
+        assert snapshot.sources["parts"]["checkpoints"]["skipped_special"] == ["pipe"]
+
+
+def test_a_root_that_is_a_file_is_an_error(home: Home) -> None:
+    write(home.checkpoints, b"oops")
+    with pytest.raises(SnapshotError, match=r"cannot back up checkpoints: .*checkpoints is not a folder"):
+        home.snapshot()
+
+
+def test_live_database_inside_a_tree_is_never_copied_raw(home: Home) -> None:
+    mlflow_db = make_sqlite(home.artifacts / "mlflow.db", 5)
+    write(home.artifacts / "0" / "meta.yaml", "x")
+    with home.snapshot(mlflow_tracking_uri=f"sqlite:///{mlflow_db}") as snapshot:
+        assert [f.path for f in snapshot.files] == ["mlartifacts/0/meta.yaml", "mlflow-db/mlflow.db"]
+        assert snapshot.sources["parts"]["mlartifacts"]["skipped_internal"] == ["mlflow.db"]
+
+
+def test_the_snapshot_workdir_inside_a_tree_is_skipped(home: Home) -> None:
+    make_sqlite(home.project_db, 5)
+    write(home.checkpoints / "a.pt")
+    with home.snapshot(workdir=home.checkpoints / "backups") as snapshot:
+        assert [f.path for f in snapshot.files] == ["checkpoints/a.pt", "project-db/quadra.db"]
+        assert snapshot.sources["parts"]["checkpoints"]["skipped_internal"] == ["backups/"]
+
+
+UNREADABLE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from quadra_pipeline.backup.sources import SnapshotError, take_snapshot
+    home = Path(sys.argv[1])
+    try:
+        take_snapshot(
+            database_url=f"sqlite:///{home / 'quadra.db'}",
+            mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+            mlflow_artifact_root=home / "mlartifacts",
+            checkpoint_dir=home / "checkpoints",
+            workdir=home / "backups",
+        )
+    except SnapshotError as exc:
+        print(exc)
+    else:
+        print("NO ERROR")
+    """
+)
+
+
+def run_without_read_override(home: Path) -> str:
+    """Run a snapshot in a child process to which file permissions apply (root loses the
+    capabilities that bypass them); its one-line error message."""
+    argv = [sys.executable, "-c", UNREADABLE, str(home)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop CAP_DAC_OVERRIDE")
+        caps = "-dac_override,-dac_read_search"
+        argv = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_an_unreadable_file_is_a_clear_error_naming_it(home: Home) -> None:
+    write(home.checkpoints / "ok.pt")
+    locked = write(home.checkpoints / "nested" / "locked.pt", b"x")
+    locked.chmod(0)
+    message = run_without_read_override(home.root)
+    assert message == f"cannot back up checkpoints: cannot read {locked}: Permission denied"
+    assert leftover_workdirs(home.backups) == []
+
+
+def test_an_unreadable_folder_is_a_clear_error_naming_it(home: Home) -> None:
+    locked = home.artifacts / "1"
+    write(locked / "a.pt")
+    locked.chmod(0)
+    try:
+        message = run_without_read_override(home.root)
+    finally:
+        locked.chmod(0o755)
+    assert message == f"cannot back up mlartifacts: cannot read the folder {locked}: Permission denied"
+
+
+def test_an_unreadable_database_is_a_clear_error_naming_it(home: Home) -> None:
+    make_sqlite(home.project_db, 3)
+    home.project_db.chmod(0)
+    message = run_without_read_override(home.root)
+    assert message == (
+        f"cannot back up the project database sqlite:///{home.project_db}: "
+        f"cannot read {home.project_db}: Permission denied"
+    )
+
+
+# Temporary folder ---------------------------------------------------------------------------
+
+
+def test_temporary_copies_are_removed_on_close_and_on_error(home: Home) -> None:
+    make_sqlite(home.project_db, 3)
+    snapshot = home.snapshot()
+    directory = snapshot.directory
+    assert directory is not None and directory.exists()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700  # database copies are private
+    snapshot.close()
+    snapshot.close()  # idempotent
+    assert not directory.exists()
+
+    write(home.checkpoints, b"not a folder")  # fails after the database copy was made
+    with pytest.raises(SnapshotError):
+        home.snapshot()
+    assert leftover_workdirs(home.backups) == []
+
+
+def test_stale_temporary_folders_of_killed_snapshots_are_cleaned(home: Home) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    import socket
+
+    host = socket.gethostname()
+    stale = home.backups / f"{WORKDIR_PREFIX}{host}-{dead_pid}-abc123"
+    alive = home.backups / f"{WORKDIR_PREFIX}{host}-{os.getppid()}-def456"  # our parent: alive
+    other_host = home.backups / f"{WORKDIR_PREFIX}otherhost-{dead_pid}-ghi789"
+    for folder in (stale, alive, other_host):
+        write(folder / "project-db" / "quadra.db", b"old copy")
+    with home.snapshot():
+        pass
+    assert not stale.exists()
+    assert alive.exists() and other_host.exists()
+
+
+def test_source_file_defaults() -> None:
+    f = SourceFile("checkpoints/a.pt", Path("/x/a.pt"))
+    assert f.mode == 0o644
+    with pytest.raises(AttributeError):
+        f.path = "other"  # type: ignore[misc]
+
+
+# PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def postgres_required() -> bool:
+    explicit = os.environ.get("QUADRA_REQUIRE_POSTGRES", "").strip()
+    if explicit in {"0", "1"}:
+        return explicit == "1"
+    return _truthy(os.environ.get("CI"))
+
+
+@pytest.fixture(scope="module")
+def new_postgres_database() -> Iterator[Callable[[], str]]:
+    """Factory: the URL of a new, empty database on the test server (all dropped at the end)."""
+    raw = os.environ.get("QUADRA_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+    admin_url = normalize_url(raw)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    try:
+        with admin.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server"
+        admin.dispose()
+        first = next((line.strip() for line in str(getattr(exc, "orig", exc)).splitlines() if line.strip()), "")
+        reason = f"PostgreSQL test server {mask_url(admin_url)} unreachable: {first}"
+        if postgres_required():
+            pytest.fail(f"{reason} (required: CI or QUADRA_REQUIRE_POSTGRES=1 is set)", pytrace=False)
+        pytest.skip(f"{reason} (set QUADRA_TEST_POSTGRES_URL to run these tests)")
+    prefix = f"quadra_test_backup_{secrets.token_hex(4)}"
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"{prefix}_{len(created)}"
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return admin_url.set(database=name).render_as_string(hide_password=False)
+
+    try:
+        yield create
+    finally:
+        with admin.connect() as connection:
+            for name in created:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def fill_postgres(url: str, rows: int = 50, revision: str = REVISION) -> None:
+    engine = create_engine(normalize_url(url))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE runs (id SERIAL PRIMARY KEY, name TEXT NOT NULL)")
+        connection.exec_driver_sql(f"INSERT INTO runs (name) SELECT 'run ' || g FROM generate_series(1, {rows}) g")
+        connection.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        connection.exec_driver_sql(f"INSERT INTO alembic_version VALUES ('{revision}')")
+        connection.exec_driver_sql("CREATE SCHEMA extra")
+        connection.exec_driver_sql("CREATE TABLE extra.things (x INT)")
+        connection.exec_driver_sql("INSERT INTO extra.things VALUES (1), (2), (3)")
+    engine.dispose()
+
+
+def pg_rows(url: str) -> dict[str, object]:
+    engine = create_engine(normalize_url(url))
+    with engine.connect() as connection:
+        result = {
+            "runs": connection.exec_driver_sql("SELECT count(*), coalesce(sum(id), 0) FROM runs").one(),
+            "things": connection.exec_driver_sql("SELECT count(*) FROM extra.things").scalar(),
+            "revision": connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar(),
+        }
+    engine.dispose()
+    return result
+
+
+def with_password(url: str, password: str) -> str:
+    return normalize_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_wrapper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `pg_dump` first on PATH that logs its arguments and PGPASSWORD, then runs the real one."""
+    real = shutil.which("pg_dump")
+    if real is None:
+        pytest.skip("pg_dump is not installed")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    log = tmp_path / "pg_dump.log"
+    script = folder / "pg_dump"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"for a in \"$@\"; do printf 'ARG %s\\n' \"$a\" >> '{log}'; done\n"
+        f"printf 'PGPASSWORD %s\\n' \"$PGPASSWORD\" >> '{log}'\n"
+        f"exec '{real}' \"$@\"\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+    return log
+
+
+@pytest.mark.postgres
+def test_postgres_dump_snapshot_and_restore_round_trip(
+    new_postgres_database: Callable[[], str], home: Home, pg_wrapper: Path
+) -> None:
+    password = "s3cr3t-Pa55word"
+    project, mlflow = new_postgres_database(), new_postgres_database()
+    fill_postgres(project, 50)
+    fill_postgres(mlflow, 7, revision="mlflow-rev")
+    write(home.checkpoints / "a.pt")
+    with home.snapshot(
+        database_url=with_password(project, password), mlflow_tracking_uri=with_password(mlflow, password)
+    ) as snapshot:
+        by_path = {f.path: f for f in snapshot.files}
+        assert list(by_path) == ["checkpoints/a.pt", "mlflow-db/mlflow.pgdump", "project-db/quadra.pgdump"]
+        dump = by_path["project-db/quadra.pgdump"]
+        assert dump.source.read_bytes()[:5] == b"PGDMP" and dump.mode == 0o600
+        part = snapshot.sources["parts"]["project-db"]
+        assert part["kind"] == "postgresql" and part["method"] == "pg_dump --format=custom"
+        assert part["alembic_revision"] == REVISION
+        assert part["tables"] == {"alembic_version": 1, "runs": 50, "extra.things": 3}
+        assert part["location"] == mask_url(with_password(project, password))
+        assert "***" in part["location"] and part["server_version"] and part["pg_dump_version"]
+        assert snapshot.sources["parts"]["mlflow-db"]["alembic_revision"] == "mlflow-rev"
+        assert password not in json.dumps(snapshot.sources)
+
+        # The password travels in PGPASSWORD, never on the command line.
+        log = pg_wrapper.read_text()
+        args = [line for line in log.splitlines() if line.startswith("ARG ")]
+        assert any(a.startswith("ARG --snapshot=") for a in args)
+        assert password not in "\n".join(args)
+        assert f"PGPASSWORD {password}" in log
+
+        # Round trip into a new database, then over a changed one (--clean).
+        target = new_postgres_database()
+        restore_pg_dump(dump.source, with_password(target, password))
+        expected = pg_rows(project)
+        assert pg_rows(target) == expected
+        engine = create_engine(normalize_url(target))
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DELETE FROM runs WHERE id > 10")
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'other'")
+        engine.dispose()
+        restore_pg_dump(dump.source, target)
+        assert pg_rows(target) == expected
+
+
+@pytest.mark.postgres
+def test_postgres_counts_match_the_dump_while_writes_continue(
+    new_postgres_database: Callable[[], str], home: Home
+) -> None:
+    project = new_postgres_database()
+    fill_postgres(project, 10)
+    stop = threading.Event()
+    inserted = [0]
+
+    def writer() -> None:
+        engine = create_engine(normalize_url(project), isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            while not stop.is_set():
+                connection.exec_driver_sql("INSERT INTO runs (name) VALUES ('live')")
+                inserted[0] += 1
+        engine.dispose()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        while inserted[0] < 50:
+            time.sleep(0.01)
+        with home.snapshot(database_url=project, mlflow_tracking_uri="http://mlflow:5000") as snapshot:
+            recorded = snapshot.sources["parts"]["project-db"]["tables"]["runs"]
+            target = new_postgres_database()
+            restore_pg_dump(snapshot.files[0].source, target)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    restored = pg_rows(target)["runs"][0]
+    assert restored == recorded > 10 + 50
+    assert restored < 10 + inserted[0]  # the writer kept going during the dump
+
+
+@pytest.mark.postgres
+def test_postgres_errors_name_the_database_with_the_password_masked(
+    new_postgres_database: Callable[[], str], home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password = "hunter2-very-secret"
+    url = with_password(new_postgres_database(), password)
+    masked = mask_url(url)
+
+    missing = with_password(normalize_url(url).set(database="quadra_no_such_db").render_as_string(False), password)
+    with pytest.raises(SnapshotError) as caught:
+        home.snapshot(database_url=missing)
+    message = str(caught.value)
+    assert message.startswith(f"cannot back up the project database {mask_url(missing)}: ")
+    assert "quadra_no_such_db" in message and "does not exist" in message and password not in message
+
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    (failing / "pg_dump").write_text(
+        f"#!/bin/sh\necho 'pg_dump: error: simulated failure ({password})' >&2\nexit 1\n"
+    )
+    (failing / "pg_dump").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{failing}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(SnapshotError) as caught:
+        home.snapshot(database_url=url)
+    assert str(caught.value) == (
+        f"cannot back up the project database {masked}: pg_dump failed (exit 1): "
+        "pg_dump: error: simulated failure (***)"
+    )
+
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(SnapshotError, match=r"pg_dump was not found on PATH") as caught:
+        home.snapshot(database_url=url)
+    assert masked in str(caught.value) and password not in str(caught.value)
+    with pytest.raises(SnapshotError, match=r"pg_restore was not found on PATH"):
+        restore_pg_dump(write(tmp_path / "x.pgdump", b"PGDMP"), url)
+    assert leftover_workdirs(home.backups) == []
+
+
+def test_restore_pg_dump_refuses_bad_input(tmp_path: Path) -> None:
+    url = "postgresql://app:hunter2@127.0.0.1:5432/quadra"
+    with pytest.raises(SnapshotError) as caught:
+        restore_pg_dump(tmp_path / "missing.pgdump", url)
+    assert str(caught.value) == (
+        f"cannot restore {tmp_path / 'missing.pgdump'} into "
+        "postgresql+psycopg2://app:***@127.0.0.1:5432/quadra: the dump file does not exist"
+    )
+    with pytest.raises(SnapshotError, match="not a PostgreSQL database URL"):
+        restore_pg_dump(write(tmp_path / "x.pgdump", b"PGDMP"), "sqlite:///x.db")
+
+
+@pytest.mark.postgres
+def test_restore_of_a_corrupt_dump_changes_nothing(new_postgres_database: Callable[[], str], tmp_path: Path) -> None:
+    target = new_postgres_database()
+    fill_postgres(target, 5)
+    before = pg_rows(target)
+    bad = write(tmp_path / "bad.pgdump", b"PGDMP" + os.urandom(2000))
+    with pytest.raises(SnapshotError, match=r"cannot restore .*bad\.pgdump into .*: pg_restore failed \(exit 1\): "):
+        restore_pg_dump(bad, target)
+    assert pg_rows(target) == before
