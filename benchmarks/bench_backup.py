@@ -5,7 +5,7 @@
 In one run, on the same file:
   * `sha256sum FILE` (the reference: it only reads and hashes) and `BackupRepository.create` of the
     same file into an empty repository (reads, hashes, writes the object, fsyncs it, writes the
-    sidecar and the signed manifest). Alternated, `sync` before each, median of --repeats.
+    file-list and checksum-list objects, the sidecar and the signed manifest). Alternated, `sync` before each, median of --repeats.
     Target: backup speed at least 0.7x sha256sum's.
   * an unchanged repeat backup of the same file: the hash-first path (re-hash, no copy), and with
     `use_stat_cache=True` (no read at all). Target: under 1 s.

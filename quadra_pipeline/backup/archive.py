@@ -1,11 +1,13 @@
 """Export one backup as a portable tar archive, and import such an archive.
 
 The archive holds the repository layout of that one backup, so extracting it anywhere gives a
-directory where `sha256sum -c manifests/<id>.sha256` passes:
+directory where `sha256sum -c manifests/<id>.sha256` and then `sha256sum -c` of the checksum-list
+object it names pass:
 
     manifests/<id>.json
     manifests/<id>.sha256
-    objects/ab/<sha256>   (each object the manifest names, once)
+    objects/ab/<sha256>   the file-list object, then the checksum-list object
+    objects/ab/<sha256>   each data object the file list names, once (sorted)
 
 Members are plain files (POSIX pax format; mode 0644/0444, uid/gid 0, mtime = the backup's time,
 so exporting the same backup twice gives the same bytes). Next to the archive, `<archive>.sha256`
@@ -15,8 +17,10 @@ holds its SHA-256 in `sha256sum` format with the archive's *base name*, so
 Import checks the sidecar (when present) before parsing anything, accepts only the members
 above (an absolute path, `..`, a symlink, a hard link or a device is an `UnsafePathError`),
 re-hashes every object while copying it into staging, checks the manifest (name, signature,
-sidecar) and that every object it names arrived with the right size, and only then adds the
-objects (deduplicated) and, last, the sidecar and manifest.
+sidecar), its file-list and checksum-list objects (present, hash to their names, agree with the
+manifest) and that every data object the file list names arrived with the right size, and only
+then adds the objects (deduplicated: data objects, then the two metadata objects) and, last, the
+sidecar and manifest.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from typing import TYPE_CHECKING
 
 from . import _fs
 from .errors import BackupError, IntegrityError, UnsafePathError, summarize
-from .manifest import Manifest, check_backup_id
-from .repository import MAX_MANIFEST_BYTES, _group_by_object, _reason, object_relpath, sidecar_text
+from .manifest import Manifest, check_backup_id, object_relpath
+from .repository import MAX_MANIFEST_BYTES, _group_by_object, _reason, sidecar_text
 
 if TYPE_CHECKING:
     from .repository import BackupRepository
@@ -116,9 +120,19 @@ def export_backup(repo: BackupRepository, backup_id: str, out: Path) -> Path:
                     writer.member(name, len(payload), mtime, 0o644)
                     writer.write(payload)
                     writer.pad(len(payload))
+                # The metadata objects, as checked above (equal SHA-256s: the same bytes as stored).
+                metadata = {
+                    manifest.files_object: manifest.file_list_bytes(),
+                    manifest.checksums_object: manifest.checksum_list_bytes(),
+                }
+                for sha, payload in metadata.items():
+                    writer.member(object_relpath(sha), len(payload), mtime, 0o444)
+                    writer.write(payload)
+                    writer.pad(len(payload))
                 buffer = memoryview(bytearray(_fs.CHUNK))
-                for sha, entries in _group_by_object(manifest.files).items():
-                    _export_object(repo, writer, buffer, sha, entries[0].size, entries[0].path, mtime, backup_id)
+                for sha, entries in sorted(_group_by_object(manifest.files).items()):
+                    if sha not in metadata:  # (a file whose content is a metadata object: already there)
+                        _export_object(repo, writer, buffer, sha, entries[0].size, entries[0].path, mtime, backup_id)
                 writer.close()
                 os.fsync(fd)
             finally:
@@ -281,6 +295,7 @@ def _import_staged(repo: BackupRepository, archive: Path, handle, run: _fs.Stagi
     sidecar_data: bytes | None = None
     manifest_id = sidecar_id = None
     staged: dict[str, tuple[Path, int]] = {}
+    damaged: set[str] = set()  # objects that arrived corrupt or truncated (already a problem)
     problems: list[str] = []
     try:
         tar = tarfile.open(fileobj=handle, mode="r:", copybufsize=_fs.CHUNK)
@@ -319,8 +334,10 @@ def _import_staged(repo: BackupRepository, archive: Path, handle, run: _fs.Stagi
                         os.close(out)
                     if size != member.size:
                         problems.append(f"{member.name} is truncated: {size} of {member.size} bytes")
+                        damaged.add(sha)
                     elif digest != sha:
                         problems.append(f"{member.name} is corrupt: its content hashes to {digest[:12]}..., not its name")
+                        damaged.add(sha)
                     else:
                         staged[sha] = (tmp, size)
                     _fs.hook("import-object", sha=sha)
@@ -336,12 +353,26 @@ def _import_staged(repo: BackupRepository, archive: Path, handle, run: _fs.Stagi
     if sidecar_id is not None and sidecar_id != manifest_id:
         problems.append(f"the archive's sidecar is for backup {sidecar_id!r}, its manifest for {manifest_id!r}")
         sidecar_data = None
+
+    def load(sha: str) -> tuple[bytes | None, str | None]:
+        """A metadata object from staging (hashed against its name on the way in)."""
+        if sha in damaged:
+            return None, None  # the problem is listed already
+        if sha not in staged:
+            return None, "is missing from the archive"
+        tmp, size = staged[sha]
+        if size > MAX_MANIFEST_BYTES:
+            return None, f"is larger than {MAX_MANIFEST_BYTES} bytes"
+        return tmp.read_bytes(), None
+
     try:
-        manifest, manifest_problems = repo._check_manifest(manifest_id, manifest_data, sidecar_data)
+        manifest, manifest_problems = repo._check_manifest(manifest_id, manifest_data, sidecar_data, load)
     except UnsafePathError as exc:
         raise UnsafePathError(f"{archive}: {exc}") from None
     problems = manifest_problems + problems
+    metadata: list[str] = []
     if manifest is not None:
+        metadata = manifest.metadata_object_ids
         groups = _group_by_object(manifest.files)
         for sha, entries in groups.items():
             if sha not in staged:
@@ -351,7 +382,7 @@ def _import_staged(repo: BackupRepository, archive: Path, handle, run: _fs.Stagi
                 problems.append(
                     f"{entries[0].path}: object {object_relpath(sha)} has {staged[sha][1]} bytes, the manifest says {entries[0].size}"
                 )
-        for sha in sorted(set(staged) - set(groups)):
+        for sha in sorted(set(staged) - set(groups) - set(metadata)):
             problems.append(f"{object_relpath(sha)} is in the archive but the manifest does not name it")
     if problems or manifest is None:
         raise IntegrityError(summarize(f"{archive} cannot be imported, nothing was added", problems), problems)
@@ -363,7 +394,8 @@ def _import_staged(repo: BackupRepository, archive: Path, handle, run: _fs.Stagi
                 f"{archive}: backup {manifest.backup_id} already exists in {repo.root} with a different manifest; "
                 "refusing to overwrite it"
             )
-    for sha, (tmp, size) in staged.items():
+    # Data objects first, then the file-list and checksum-list objects, then the sidecar, the manifest last.
+    for sha, (tmp, size) in sorted(staged.items(), key=lambda item: item[0] in metadata):
         if repo._object_present(sha, size):
             continue
         target = repo.object_path(sha)

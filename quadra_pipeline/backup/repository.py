@@ -3,9 +3,14 @@
 Layout under `root` (docs/BACKUP_FORMAT.md has the whole format):
 
     .lock                         flock'd by create/restore/import/delete/gc (holder's pid inside)
-    objects/ab/<sha256>           each distinct content once, stored raw: its name IS its checksum
-    manifests/<id>.json           one backup (written LAST: a backup exists once this file does)
-    manifests/<id>.sha256         `sha256sum -c` list: the manifest file and every object it names
+    objects/ab/<sha256>           each distinct content once, stored raw: its name IS its checksum;
+                                  the files' contents (data objects) and, per distinct file list,
+                                  two metadata objects: the file list (JSON) and the checksum list
+                                  (`sha256sum -c` lines of every data object the backup names)
+    manifests/<id>.json           one backup (written LAST: a backup exists once this file does);
+                                  names the file-list and checksum-list objects by SHA-256, signed
+    manifests/<id>.sha256         `sha256sum -c` list: the manifest file, the file-list object, the
+                                  checksum-list object (three lines, whatever the number of files)
     staging/<run>.lock, <run>/    work in progress; leftovers of killed runs are removed by
                                   `cleanup_staging` (create, restore and import call it)
     cache/stat-cache.json         optional, local: see statcache.py
@@ -17,11 +22,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,18 +39,25 @@ from .locking import repository_lock
 from .manifest import (
     FileEntry,
     Manifest,
+    ManifestHeader,
     check_backup_id,
     check_mode,
     check_relative_path,
+    decode_file_list,
     is_sha256,
     new_backup_id,
+    object_relpath,
     sign,
     signature_ok,
 )
 from .statcache import StatCache
 
 _SIDECAR_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
-MAX_MANIFEST_BYTES = 256 << 20
+MAX_MANIFEST_BYTES = 256 << 20  # also the limit for a file-list or checksum-list object
+
+#: (bytes, None) or (None, problem): reads a metadata object by SHA-256 (from the repository, or
+#: from an import's staging area), checked against its name.
+MetadataLoader = Callable[[str], "tuple[bytes | None, str | None]"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,7 @@ class CreateResult:
     manifest: Manifest
     manifest_sha256: str
     total_bytes: int
-    stored_bytes: int  # new bytes written into objects/ (after dedup)
+    stored_bytes: int  # new bytes of file content written into objects/ (after dedup; metadata objects not counted)
     file_count: int
     seconds: float
     files_read: int = 0  # sources read (the rest came from the stat cache)
@@ -72,8 +85,8 @@ class VerifyReport:
     backup_id: str
     ok: bool
     problems: list[str]
-    files_checked: int
-    bytes_checked: int
+    files_checked: int  # files whose content was re-hashed
+    bytes_checked: int  # bytes of file content re-hashed (the data objects; the metadata objects are checked too)
 
 
 @dataclass
@@ -82,15 +95,16 @@ class GcResult:
     freed_bytes: int = 0
 
 
-def sidecar_text(manifest: Manifest, manifest_sha256: str) -> bytes:
-    """`sha256sum` format, paths relative to the repository root: the manifest, then each object."""
-    lines = [f"{manifest_sha256}  manifests/{manifest.backup_id}.json"]
-    lines += [f"{sha}  {object_relpath(sha)}" for sha in manifest.object_ids]
+def sidecar_text(manifest: Manifest | ManifestHeader, manifest_sha256: str) -> bytes:
+    """`sha256sum` format, paths relative to the repository root, three lines: the manifest file,
+    the file-list object, the checksum-list object (which `sha256sum -c` then checks every data
+    object with)."""
+    lines = [
+        f"{manifest_sha256}  manifests/{manifest.backup_id}.json",
+        f"{manifest.files_object}  {object_relpath(manifest.files_object)}",
+        f"{manifest.checksums_object}  {object_relpath(manifest.checksums_object)}",
+    ]
     return ("\n".join(lines) + "\n").encode("ascii")
-
-
-def object_relpath(sha256: str) -> str:
-    return f"objects/{sha256[:2]}/{sha256}"
 
 
 def _reason(exc: OSError) -> str:
@@ -186,25 +200,49 @@ class BackupRepository:
         finally:
             os.close(fd)
 
-    def _check_manifest(self, backup_id: str, data: bytes, sidecar: bytes | None) -> tuple[Manifest | None, list[str]]:
-        """Parse and check one manifest: name == id inside, signature, sidecar. (manifest, problems)."""
+    def _check_manifest(
+        self, backup_id: str, data: bytes, sidecar: bytes | None, load: MetadataLoader | None = None
+    ) -> tuple[Manifest | None, list[str]]:
+        """Parse and check one manifest and its two metadata objects: name == id inside, signature,
+        sidecar, the file list (hashes to its name, parses, agrees with the manifest's counts and
+        checksum list), the checksum list (hashes to its name). Not the data objects: see `_verify`.
+        `load` reads a metadata object (default: from this repository). (manifest, problems);
+        the manifest is None when the file list cannot be used."""
         rel = f"manifests/{backup_id}.json"
         try:
-            manifest = Manifest.from_json(data)
-        except UnsafePathError as exc:
-            raise UnsafePathError(f"backup {backup_id}: {rel}: {exc}") from None
+            header = ManifestHeader.from_json(data)
         except BackupError as exc:
             return None, [f"{rel}: {exc}"]
         problems = []
-        if manifest.backup_id != backup_id:
+        if header.backup_id != backup_id:
             problems.append(
-                f"{rel} holds backup {manifest.backup_id!r}, not {backup_id!r} (manifest swapped, renamed or replayed)"
+                f"{rel} holds backup {header.backup_id!r}, not {backup_id!r} (manifest swapped, renamed or replayed)"
             )
-        problems += self._signature_problems(manifest, rel)
-        problems += self._sidecar_problems(backup_id, manifest, hashlib.sha256(data).hexdigest(), sidecar)
+        problems += self._signature_problems(header, rel)
+        problems += self._sidecar_problems(backup_id, header, hashlib.sha256(data).hexdigest(), sidecar)
+        load = load or self._read_metadata_object
+        files_rel = object_relpath(header.files_object)
+        file_list, problem = load(header.files_object)
+        if problem:
+            problems.append(f"file list {files_rel} {problem}")
+        _, problem = load(header.checksums_object)
+        if problem:
+            problems.append(f"checksum list {object_relpath(header.checksums_object)} {problem}")
+        if file_list is None:
+            return None, problems
+        try:
+            files = decode_file_list(file_list)
+        except UnsafePathError as exc:
+            raise UnsafePathError(f"backup {backup_id}: file list {files_rel}: {exc}") from None
+        except BackupError as exc:
+            return None, problems + [f"file list {files_rel}: {exc}"]
+        manifest = Manifest(header.backup_id, header.created_at, files, header.sources, header.format_version, header.signature)
+        # The loader checked that the file list hashes to files_object, and the checksum list to
+        # checksums_object; so equal SHA-256s here mean equal bytes.
+        problems += [f"{rel}: {p}" for p in header.mismatches(manifest)]
         return manifest, problems
 
-    def _signature_problems(self, manifest: Manifest, rel: str) -> list[str]:
+    def _signature_problems(self, manifest: Manifest | ManifestHeader, rel: str) -> list[str]:
         if manifest.signature is None:
             if self.require_signature:
                 return [f"{rel} is not signed, and this repository requires signed backups"]
@@ -213,7 +251,7 @@ class BackupRepository:
             return [f"{rel}: signature does not match (manifest altered, or signed with another key)"]
         return []
 
-    def _sidecar_problems(self, backup_id: str, manifest: Manifest, manifest_sha: str, sidecar: bytes | None) -> list[str]:
+    def _sidecar_problems(self, backup_id: str, header: ManifestHeader, manifest_sha: str, sidecar: bytes | None) -> list[str]:
         rel = f"manifests/{backup_id}.sha256"
         if sidecar is None:
             return [f"checksum sidecar {rel} is missing"]
@@ -221,27 +259,66 @@ class BackupRepository:
             lines = sidecar.decode("ascii").splitlines()
         except UnicodeDecodeError:
             return [f"checksum sidecar {rel} is not ASCII text"]
-        listed: dict[str, str] = {}
+        entries: list[tuple[str, str]] = []
         problems = []
         for number, line in enumerate(lines, 1):
             match = _SIDECAR_LINE.fullmatch(line)
             if not match:
                 problems.append(f"checksum sidecar {rel} line {number} is not '<sha256>  <path>'")
                 continue
-            listed[match.group(2)] = match.group(1)
-        expected = {f"manifests/{backup_id}.json": manifest_sha}
-        expected.update({object_relpath(sha): sha for sha in manifest.object_ids})
+            entries.append((match.group(2), match.group(1)))
+        listed = dict(entries)
         manifest_rel = f"manifests/{backup_id}.json"
+        expected = [
+            (manifest_rel, manifest_sha),
+            (object_relpath(header.files_object), header.files_object),
+            (object_relpath(header.checksums_object), header.checksums_object),
+        ]
         if manifest_rel not in listed:
             problems.append(f"checksum sidecar {rel} does not list {manifest_rel}")
         elif listed[manifest_rel] != manifest_sha:
             problems.append(f"{manifest_rel} does not match the SHA-256 in {rel} (manifest or sidecar altered)")
-        for path, sha in expected.items():
-            if path != manifest_rel and listed.get(path) != sha:
+        for path, sha in expected[1:]:
+            if listed.get(path) != sha:
                 problems.append(f"checksum sidecar {rel} does not list {path}")
-        for path in sorted(set(listed) - set(expected)):
+        for path in sorted(set(listed) - {path for path, _ in expected}):
             problems.append(f"checksum sidecar {rel} lists {path}, which the manifest does not name")
+        if not problems and [path for path, _ in entries] != [path for path, _ in expected]:
+            problems.append(
+                f"checksum sidecar {rel} is not three lines in the order: manifest, file list, checksum list"
+            )
         return problems
+
+    def _read_object_bytes(self, sha: str) -> bytes:
+        """A (small) object's bytes, unchecked; FileNotFoundError, BackupError (not a regular file,
+        too large) or OSError."""
+        path = self.object_path(sha)
+        fd = _fs.open_regular(path, "object")
+        try:
+            if os.fstat(fd).st_size > MAX_MANIFEST_BYTES:
+                raise BackupError(f"object {path} is larger than {MAX_MANIFEST_BYTES} bytes")
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def _read_metadata_object(self, sha: str) -> tuple[bytes | None, str | None]:
+        """(bytes, None), or (None, what is wrong: 'is missing', 'is corrupt: ...')."""
+        path = self.object_path(sha)
+        try:
+            data = self._read_object_bytes(sha)
+        except FileNotFoundError:
+            return None, "is missing"
+        except BackupError as exc:
+            return None, f"is unusable ({str(exc).removeprefix(f'object {path} ')})"
+        except OSError as exc:
+            return None, f"cannot be read ({_reason(exc)})"
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha:
+            return None, f"is corrupt: its content hashes to {digest[:12]}..., not its name (altered or flipped bytes)"
+        return data, None
 
     def _read_sidecar(self, backup_id: str) -> bytes | None:
         try:
@@ -256,10 +333,13 @@ class BackupRepository:
             os.close(fd)
 
     def read_manifest(self, backup_id: str) -> Manifest:
-        """The manifest, after checking its name, signature and sidecar (not the objects: see verify)."""
+        """The manifest with its files, after checking its name, signature, sidecar, file-list and
+        checksum-list objects (not the data objects: see verify)."""
         data = self._read_manifest_bytes(backup_id)
         manifest, problems = self._check_manifest(backup_id, data, self._read_sidecar(backup_id))
         if problems or manifest is None:
+            if not self.manifest_path(backup_id).exists():
+                raise UnknownBackupError(f"backup {backup_id}: deleted while it was being read")
             raise IntegrityError(summarize(f"backup {backup_id}", problems), problems)
         return manifest
 
@@ -270,7 +350,8 @@ class BackupRepository:
     # Verification -----------------------------------------------------------------------
 
     def verify(self, backup_id: str) -> VerifyReport:
-        """Re-hash every object the manifest names (streaming); check sizes, signature, id, sidecar."""
+        """Re-hash every object the backup needs (streaming): the manifest's file-list and
+        checksum-list objects and every data object; check sizes, signature, id, sidecar."""
         try:
             report, _ = self._verify(backup_id)
         except UnsafePathError as exc:
@@ -280,10 +361,8 @@ class BackupRepository:
     def _verify(self, backup_id: str) -> tuple[VerifyReport, Manifest | None]:
         data = self._read_manifest_bytes(backup_id)
         manifest, problems = self._check_manifest(backup_id, data, self._read_sidecar(backup_id))
-        if manifest is None:
-            return VerifyReport(backup_id, False, problems, 0, 0), None
         files_checked = bytes_checked = 0
-        for sha, entries in _group_by_object(manifest.files).items():
+        for sha, entries in _group_by_object(manifest.files if manifest is not None else ()).items():
             sizes = {entry.size for entry in entries}
             names = _name_files(entries)
             if len(sizes) > 1:
@@ -296,7 +375,8 @@ class BackupRepository:
         if problems and not self.manifest_path(backup_id).exists():
             # verify takes no lock (it may run beside a backup): a concurrent delete + gc is not damage
             raise UnknownBackupError(f"backup {backup_id}: deleted while it was being verified")
-        return VerifyReport(backup_id, not problems, problems, files_checked, bytes_checked), manifest
+        ok = not problems and manifest is not None
+        return VerifyReport(backup_id, ok, problems, files_checked, bytes_checked), manifest
 
     def _check_object(self, sha: str, size: int) -> tuple[str | None, int]:
         path = self.object_path(sha)
@@ -334,7 +414,8 @@ class BackupRepository:
         created_at: datetime | None = None,
         use_stat_cache: bool = False,
     ) -> CreateResult:
-        """Store each file's content once (by SHA-256), then the sidecar, then the manifest, last.
+        """Store each file's content once (by SHA-256), then the file-list and checksum-list objects,
+        then the sidecar, then the manifest, last.
 
         `use_stat_cache`: skip reading sources whose (device, inode, size, mtime, ctime) match the
         previous run's and whose object is present (statcache.py explains the trade-off).
@@ -383,6 +464,10 @@ class BackupRepository:
                     manifest = Manifest(backup_id, created_at, tuple(entries), sources)
                     if self._key is not None:
                         manifest = sign(manifest, self._key)
+                    self._put_metadata_object(manifest.files_object, manifest.file_list_bytes(), run, added)
+                    _fs.hook("file-list")
+                    self._put_metadata_object(manifest.checksums_object, manifest.checksum_list_bytes(), run, added)
+                    _fs.hook("checksum-list")
                     data = manifest.to_json()
                     manifest_sha = hashlib.sha256(data).hexdigest()
                     written.append(self.sidecar_path(backup_id))
@@ -432,11 +517,33 @@ class BackupRepository:
         """path -> (size, sha256) from the newest backup: which files to hash before copying."""
         for backup_id in reversed(self.backup_ids()):
             try:
-                manifest = Manifest.from_json(self._read_manifest_bytes(backup_id))
+                header = ManifestHeader.from_json(self._read_manifest_bytes(backup_id))
+                file_list, _ = self._read_metadata_object(header.files_object)
+                if file_list is None:
+                    continue
+                files = decode_file_list(file_list)
             except BackupError:
                 continue
-            return {entry.path: (entry.size, entry.sha256) for entry in manifest.files}
+            return {entry.path: (entry.size, entry.sha256) for entry in files}
         return {}
+
+    def _put_metadata_object(self, sha: str, payload: bytes, run: _fs.StagingRun, added: list[Path]) -> None:
+        """Store a file-list or checksum-list object (unless the same bytes are there already:
+        unchanged backups share it; a damaged copy is replaced)."""
+        target = self.object_path(sha)
+        try:
+            if self._read_object_bytes(sha) == payload:
+                return
+            existed = True
+        except (OSError, BackupError):
+            existed = os.path.lexists(target)
+        tmp = run.dir / f"metadata-{sha}"
+        _fs.write_file(tmp, payload, 0o444)
+        _fs.mkdirs(target.parent, self.objects_dir)
+        os.replace(tmp, target)
+        if not existed:
+            added.append(target)  # a repaired copy stays even if this run fails later
+        _fs.fsync_dir(target.parent)
 
     def _object_present(self, sha: str, size: int) -> bool:
         try:
@@ -504,9 +611,11 @@ class BackupRepository:
             tmp.unlink()
             return entry, 0, 1
         target = self.object_path(sha)
+        existed = os.path.lexists(target)
         _fs.mkdirs(target.parent, self.objects_dir)
         os.replace(tmp, target)  # also replaces a truncated or corrupt copy of the same content
-        added.append(target)
+        if not existed:
+            added.append(target)  # a repaired copy stays even if this run fails later
         _fs.fsync_dir(target.parent)
         return entry, size, 1
 
@@ -620,24 +729,47 @@ class BackupRepository:
                 raise BackupError(f"backup {backup_id}: cannot delete {path}: {_reason(exc)}") from None
 
     def referenced_objects(self) -> set[str]:
-        """SHA-256s named by any manifest (or, for a manifest that does not parse, by its sidecar)."""
+        """SHA-256s of the objects the backups need: each one's file-list and checksum-list objects
+        and the data objects those name. For a manifest that does not parse, its sidecar names the
+        two metadata objects; when the file list cannot be read, the checksum list names the data
+        objects (and the other way round). Refuses (BackupError) when a backup's references cannot
+        be told at all."""
         referenced: set[str] = set()
         for backup_id in self.backup_ids():
-            try:
-                referenced.update(Manifest.from_json(self._read_manifest_bytes(backup_id)).object_ids)
-                continue
-            except (BackupError, OSError):
-                pass
+            referenced |= self._references(backup_id)
+        return referenced
+
+    def _references(self, backup_id: str) -> set[str]:
+        metadata: list[str] = []
+        try:
+            header = ManifestHeader.from_json(self._read_manifest_bytes(backup_id))
+            metadata = [header.files_object, header.checksums_object]
+        except (BackupError, OSError):
             sidecar = self._read_sidecar(backup_id)
             if sidecar is None:
                 raise BackupError(
                     f"backup {backup_id}: neither its manifest nor its sidecar can be read; refusing to collect "
                     "garbage (fix or delete that backup first)"
-                )
+                ) from None
             for line in sidecar.decode("ascii", "replace").splitlines():
                 match = _SIDECAR_LINE.fullmatch(line)
                 if match and match.group(2).startswith("objects/"):
-                    referenced.add(match.group(1))
+                    metadata.append(match.group(1))
+        referenced = set(metadata)
+        known = False
+        for sha in metadata:
+            try:
+                listed = _listed_objects(self._read_object_bytes(sha))
+            except (OSError, BackupError):
+                continue
+            if listed is not None:
+                referenced |= listed
+                known = True
+        if not known:
+            raise BackupError(
+                f"backup {backup_id}: neither its file list nor its checksum list can be read; refusing to collect "
+                "garbage (fix or delete that backup first)"
+            )
         return referenced
 
     def gc(self, *, dry_run: bool = False) -> GcResult:
@@ -711,6 +843,25 @@ class BackupRepository:
                 except OSError:
                     pass
         return total
+
+
+def _listed_objects(data: bytes) -> set[str] | None:
+    """The data objects a file list or a checksum list names (read leniently: for gc, naming too
+    much is safe), or None if `data` is neither."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        document = None
+    if isinstance(document, list):
+        return {item["sha256"] for item in document if isinstance(item, dict) and is_sha256(item.get("sha256"))}
+    found: set[str] = set()
+    recognised = not data
+    for line in data.decode("ascii", "replace").splitlines():
+        match = _SIDECAR_LINE.fullmatch(line)
+        if match and match.group(2) == object_relpath(match.group(1)):
+            found.add(match.group(1))
+            recognised = True
+    return found if recognised else None
 
 
 def _group_by_object(files: Iterable[FileEntry]) -> dict[str, list[FileEntry]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from quadra_pipeline.backup import BackupError, BackupRepository, IntegrityError, UnsafePathError
+from quadra_pipeline.backup.manifest import encode_checksum_list
 
 from .test_repository_helpers import (
     KEY,
@@ -24,6 +25,7 @@ from .test_repository_helpers import (
     read_tree,
     repo,  # noqa: F401  (fixture)
     sha256sum_check,
+    sha256sum_check_backup,
     small_disk,  # noqa: F401  (fixture)
     tree,
     write_tree,
@@ -83,13 +85,20 @@ def test_export_writes_one_archive_and_a_relative_sha256_sidecar(repo, exported,
 
     names = [m.name for m, _ in _members(archive)]
     manifest = repo.read_manifest(backup_id)
-    assert names[:2] == [f"manifests/{backup_id}.json", f"manifests/{backup_id}.sha256"]
-    assert sorted(names[2:]) == [f"objects/{s[:2]}/{s}" for s in manifest.object_ids]
-    # Extracted with plain tar, it is a repository `sha256sum -c` can check.
+    assert names[:4] == [
+        f"manifests/{backup_id}.json",
+        f"manifests/{backup_id}.sha256",
+        f"objects/{manifest.files_object[:2]}/{manifest.files_object}",
+        f"objects/{manifest.checksums_object[:2]}/{manifest.checksums_object}",
+    ]
+    assert names[4:] == [f"objects/{s[:2]}/{s}" for s in manifest.object_ids]
+    # Extracted with plain tar, it is a repository `sha256sum -c` can check, in two steps.
     extracted = tmp_path / "extracted"
     extracted.mkdir()
     subprocess.run(["tar", "-xf", str(archive), "-C", str(extracted)], check=True)
-    assert sha256sum_check(extracted, f"manifests/{backup_id}.sha256").returncode == 0
+    checked = sha256sum_check_backup(extracted, backup_id)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count(": OK") == 3 + len(manifest.object_ids)
     assert BackupRepository(extracted, KEY, require_signature=True).verify(backup_id).ok
 
 
@@ -159,12 +168,17 @@ def test_archive_that_does_not_match_its_sidecar(exported, tmp_path):
     assert _listing(fresh.root) == before
 
 
+def _largest_object(members) -> int:
+    return max(range(len(members)), key=lambda i: members[i][0].size if members[i][0].name.startswith("objects/") else -1)
+
+
 def test_flipped_byte_in_an_object_of_an_archive_without_sidecar(exported, tmp_path):
     _, archive, _ = exported
     (archive.parent / "backup.tar.sha256").unlink()
     members = _members(archive)
-    info, data = members[-1]
-    members[-1] = (info, bytes([data[0] ^ 1]) + data[1:])
+    index = _largest_object(members)
+    info, data = members[index]
+    members[index] = (info, bytes([data[0] ^ 1]) + data[1:])
     damaged = _write_tar(tmp_path / "damaged.tar", members)
     fresh = _fresh(tmp_path)
     before = _listing(fresh.root)
@@ -276,22 +290,88 @@ def test_hostile_members_are_refused(exported, tmp_path, name, kind, link, error
     assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/escaped-absolute.txt").exists()
 
 
+def _sign_member(members, document: dict) -> None:
+    body = {k: v for k, v in document.items() if k != "signature"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    body["signature"] = hmac.new(KEY.encode(), canonical, hashlib.sha256).hexdigest()
+    members[0] = (members[0][0], json.dumps(body).encode())
+
+
+def _object_member(data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    sha = hashlib.sha256(data).hexdigest()
+    return _info(f"objects/{sha[:2]}/{sha}"), data
+
+
 @pytest.mark.parametrize(("path", "words"), [("../../escaped.txt", "contains '..'"), ("/tmp/escaped.txt", "absolute path")])
 def test_validly_signed_manifest_with_an_unsafe_path_inside_an_archive(exported, tmp_path, path, words):
     backup_id, archive, _ = exported
     members = _members(archive)
     document = json.loads(members[0][1])
-    document["files"][0]["path"] = path
-    body = {k: v for k, v in document.items() if k != "signature"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    body["signature"] = hmac.new(KEY.encode(), canonical, hashlib.sha256).hexdigest()
-    members[0] = (members[0][0], json.dumps(body).encode())
+    entries = json.loads(members[2][1])  # the file list
+    entries[0]["path"] = path
+    file_list = b"[\n" + b",\n".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode() for e in entries) + b"\n]\n"
+    members.append(_object_member(file_list))
+    document["files_object"] = hashlib.sha256(file_list).hexdigest()
+    _sign_member(members, document)
     hostile = _write_tar(tmp_path / "hostile.tar", members)
     fresh = _fresh(tmp_path)
     before = _listing(fresh.root)
     with pytest.raises(UnsafePathError, match=words) as caught:
         fresh.import_archive(hostile)
-    assert str(caught.value).startswith(f"{hostile}: backup {backup_id}: manifests/{backup_id}.json: ")
+    rel = f"objects/{document['files_object'][:2]}/{document['files_object']}"
+    assert str(caught.value).startswith(f"{hostile}: backup {backup_id}: file list {rel}: ")
+    assert _listing(fresh.root) == before
+
+
+@pytest.mark.parametrize(("index", "which"), [(2, "file list"), (3, "checksum list")])
+def test_archive_missing_a_metadata_object(exported, tmp_path, index, which):
+    _, archive, _ = exported
+    members = _members(archive)
+    dropped = members.pop(index)[0].name
+    partial = _write_tar(tmp_path / "partial.tar", members)
+    fresh = _fresh(tmp_path)
+    before = _listing(fresh.root)
+    with pytest.raises(IntegrityError, match=f"{partial} cannot be imported, nothing was added: 1 problem: {which} {dropped} is missing from the archive"):
+        fresh.import_archive(partial)
+    assert _listing(fresh.root) == before
+
+
+def test_archive_with_a_corrupt_file_list(exported, tmp_path):
+    _, archive, _ = exported
+    members = _members(archive)
+    info, data = members[2]
+    members[2] = (info, data.replace(b'"size":', b'"size": ', 1))
+    damaged = _write_tar(tmp_path / "damaged.tar", members)
+    with pytest.raises(IntegrityError) as caught:
+        _fresh(tmp_path).import_archive(damaged)
+    assert caught.value.problems == [f"{info.name} is corrupt: its content hashes to {hashlib.sha256(members[2][1]).hexdigest()[:12]}..., not its name"]
+
+
+def test_archive_whose_manifest_points_to_another_file_list(repo, exported, tmp_path):
+    """The archive carries a second, properly stored file list (one file dropped) and its checksum
+    list, and the manifest (old signature kept) and sidecar are pointed at them."""
+    backup_id, archive, _ = exported
+    members = _members(archive)
+    document = json.loads(members[0][1])
+    entries = json.loads(members[2][1])[1:]
+    file_list = b"[\n" + b",\n".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode() for e in entries) + b"\n]\n"
+    checksum_list = encode_checksum_list(e["sha256"] for e in entries)
+    document.update(files_object=hashlib.sha256(file_list).hexdigest(), checksums_object=hashlib.sha256(checksum_list).hexdigest(),
+                    file_count=len(entries), total_bytes=sum(e["size"] for e in entries))
+    manifest_data = json.dumps(document).encode()
+    members[0] = (members[0][0], manifest_data)
+    members[1] = (members[1][0], (
+        f"{hashlib.sha256(manifest_data).hexdigest()}  manifests/{backup_id}.json\n"
+        f"{document['files_object']}  objects/{document['files_object'][:2]}/{document['files_object']}\n"
+        f"{document['checksums_object']}  objects/{document['checksums_object'][:2]}/{document['checksums_object']}\n"
+    ).encode())
+    members[2:4] = [_object_member(file_list), _object_member(checksum_list)]
+    forged = _write_tar(tmp_path / "forged.tar", members)
+    fresh = _fresh(tmp_path)
+    before = _listing(fresh.root)
+    with pytest.raises(IntegrityError, match="signature does not match") as caught:
+        fresh.import_archive(forged)
+    assert any("is in the archive but the manifest does not name it" in p for p in caught.value.problems)  # the dropped file's object
     assert _listing(fresh.root) == before
 
 

@@ -1,4 +1,5 @@
-"""The repository: create, verify, restore, dedup, sidecars, signatures, delete, gc, and bad input."""
+"""The repository: create, verify, restore, dedup, sidecars, signatures, delete, gc, and bad input
+(the data objects, the manifest, and its two metadata objects: the file list and the checksum list)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +26,7 @@ from quadra_pipeline.backup import (
     UnsafePathError,
 )
 from quadra_pipeline.backup import _fs, statcache
+from quadra_pipeline.backup.manifest import encode_checksum_list
 
 from .test_repository_helpers import (
     KEY,
@@ -32,7 +35,9 @@ from .test_repository_helpers import (
     flip_byte,
     read_tree,
     repo,  # noqa: F401  (fixture)
+    checksum_list_of,
     sha256sum_check,
+    sha256sum_check_backup,
     tree,
     write_tree,
 )
@@ -91,29 +96,85 @@ def test_restore_into_an_existing_empty_directory(repo, tmp_path):
 
 def test_objects_are_stored_raw_under_their_sha256(repo, tmp_path):
     result, files = _backup(repo, tmp_path)
+    manifest = result.manifest
     contents = {hashlib.sha256(data).hexdigest(): data for data in files.values()}
+    # ... and the two metadata objects: the file list and the checksum list.
+    contents[manifest.files_object] = manifest.file_list_bytes()
+    contents[manifest.checksums_object] = manifest.checksum_list_bytes()
     stored = {p.name: p.read_bytes() for p in (repo.root / "objects").rglob("*") if p.is_file()}
     assert stored == contents
+    assert json.loads(stored[manifest.files_object]) == [e.to_dict() for e in manifest.files]
+    document = json.loads(repo.manifest_path(manifest.backup_id).read_bytes())
+    assert document["files_object"] == manifest.files_object and document["checksums_object"] == manifest.checksums_object
+    assert document["file_count"] == len(files) and document["total_bytes"] == manifest.total_bytes
+    assert "files" not in document
     for sha in stored:
         assert (repo.root / "objects" / sha[:2] / sha).is_file()
 
 
-def test_sidecar_checks_with_real_sha256sum_and_relative_paths(repo, tmp_path):
-    result, _ = _backup(repo, tmp_path)
-    backup_id = result.manifest.backup_id
-    lines = repo.sidecar_path(backup_id).read_text().splitlines()
-    assert lines[0] == f"{result.manifest_sha256}  manifests/{backup_id}.json"
-    assert sorted(lines[1:]) == lines[1:]
-    assert {line.split("  ")[1] for line in lines[1:]} == {
-        f"objects/{sha[:2]}/{sha}" for sha in result.manifest.object_ids
-    }
-    checked = sha256sum_check(repo.root, f"manifests/{backup_id}.sha256")
+def test_sidecar_is_three_lines_and_checks_every_byte_in_two_steps_with_real_sha256sum(repo, tmp_path):
+    result, files = _backup(repo, tmp_path)
+    backup_id, manifest = result.manifest.backup_id, result.manifest
+    files_rel = f"objects/{manifest.files_object[:2]}/{manifest.files_object}"
+    checksums_rel = f"objects/{manifest.checksums_object[:2]}/{manifest.checksums_object}"
+    assert repo.sidecar_path(backup_id).read_text().splitlines() == [
+        f"{result.manifest_sha256}  manifests/{backup_id}.json",
+        f"{manifest.files_object}  {files_rel}",
+        f"{manifest.checksums_object}  {checksums_rel}",
+    ]
+    # The checksum list: every data object, once, sorted, paths relative to the root.
+    lines = (repo.root / checksums_rel).read_text().splitlines()
+    assert lines == sorted(set(lines)) == [f"{sha}  objects/{sha[:2]}/{sha}" for sha in manifest.object_ids]
+    assert len(lines) == len(files) - 1  # the copy of the champion shares its object
+
+    # Exactly what docs/BACKUP_FORMAT.md tells a user to type, in a shell, from the root.
+    def two_steps(root: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["sh", "-c", f"sha256sum -c manifests/{backup_id}.sha256 && sha256sum -c {checksums_rel}"],
+            cwd=root, capture_output=True, text=True,
+        )
+
+    checked = two_steps(repo.root)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert checked.stdout.count(": OK") == len(lines)
+    assert checked.stdout.splitlines() == [f"manifests/{backup_id}.json: OK", f"{files_rel}: OK", f"{checksums_rel}: OK"] + [
+        f"objects/{sha[:2]}/{sha}: OK" for sha in manifest.object_ids
+    ]
+    assert checksum_list_of(repo.root, backup_id) == checksums_rel
     # Anywhere else too: the paths are relative to the repository root.
     moved = tmp_path / "elsewhere" / "copy"
     shutil.copytree(repo.root, moved)
+    assert two_steps(moved).returncode == 0
+    # Each step fails on what it covers: a flipped byte in a data object fails the second step only.
+    flip_byte(moved / f"objects/{manifest.object_ids[0][:2]}/{manifest.object_ids[0]}", 0)
     assert sha256sum_check(moved, f"manifests/{backup_id}.sha256").returncode == 0
+    failed = two_steps(moved)
+    assert failed.returncode != 0 and f"objects/{manifest.object_ids[0][:2]}/{manifest.object_ids[0]}: FAILED" in failed.stdout
+    flip_byte(moved / files_rel, 3)
+    failed = two_steps(moved)
+    assert failed.returncode != 0 and f"{files_rel}: FAILED" in failed.stdout
+
+
+def test_the_sidecar_stays_three_lines_however_many_files(repo, tmp_path):
+    many = {f"artifacts/{i:03d}.txt": f"file {i}".encode() for i in range(150)}
+    result = repo.create(write_tree(tmp_path / "src", many), sources={})
+    backup_id = result.manifest.backup_id
+    assert len(repo.sidecar_path(backup_id).read_text().splitlines()) == 3
+    assert repo.manifest_path(backup_id).stat().st_size < 1024
+    checked = sha256sum_check_backup(repo.root, backup_id)
+    assert checked.returncode == 0 and checked.stdout.count(": OK") == 3 + 150
+
+
+def test_unchanged_backups_share_the_file_list_and_the_checksum_list(repo, tmp_path):
+    sources = write_tree(tmp_path / "src", tree(0))
+    first = repo.create(sources, sources={"hour": 0}).manifest
+    objects = sorted(p.name for p in repo.objects_dir.rglob("*") if p.is_file())
+    second = repo.create(sources, sources={"hour": 1}).manifest
+    assert (second.files_object, second.checksums_object) == (first.files_object, first.checksums_object)
+    assert sorted(p.name for p in repo.objects_dir.rglob("*") if p.is_file()) == objects  # only a manifest and a sidecar
+    assert repo.read_manifest(second.backup_id).files == first.files
+    repo.delete(first.backup_id)
+    repo.gc()
+    assert_untouched(repo, [second.backup_id])
 
 
 def test_24_unchanged_backups_take_at_most_1_1x_the_bytes_of_one(repo, tmp_path):
@@ -226,7 +287,7 @@ def test_flipped_byte_in_an_object(repo, tmp_path):
         f"quadra.db: object objects/{obj.name[:2]}/{obj.name} is corrupt: its content hashes to "
         f"{hashlib.sha256(obj.read_bytes()).hexdigest()[:12]}..., not its name (altered or flipped bytes)"
     ]
-    assert sha256sum_check(repo.root, f"manifests/{first}.sha256").returncode != 0  # the real tool agrees
+    assert sha256sum_check_backup(repo.root, first).returncode != 0  # the real tool agrees
     error = _refused_restore(repo, first, tmp_path, match=f"backup {first} cannot be restored, nothing was written: 1 problem: quadra.db")
     assert error.problems == report.problems
     assert repo.verify(second).ok
@@ -299,34 +360,69 @@ def test_old_signed_manifest_replayed_under_a_new_name(repo, tmp_path):
     assert repo.verify(first).ok and repo.verify(second).ok
 
 
-def _rewrite_manifest(repo, backup_id, document, *, key, fix_sidecar: bool = True):
-    """Write a hand-made manifest and a matching sidecar: a forger's work. `key`: bytes to sign
-    with, "keep" to leave the document's signature, None for no signature."""
+def _store_object(repo, data: bytes) -> str:
+    """Put `data` into the repository as a proper content-addressed object (a forger can too)."""
+    sha = hashlib.sha256(data).hexdigest()
+    path = repo.object_path(sha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_bytes(data)
+    return sha
+
+
+def _canonical_list(entries: list[dict]) -> bytes:
+    """A file list in the stored encoding, without validating the entries (a forger's, or a bug's)."""
+    lines = [json.dumps(e, sort_keys=True, separators=(",", ":")).encode() for e in entries]
+    return b"[\n" + b",\n".join(lines) + b"\n]\n" if lines else b"[]\n"
+
+
+def _write_sidecar(repo, backup_id, document, manifest_data: bytes) -> None:
+    files, checksums = document["files_object"], document["checksums_object"]
+    repo.sidecar_path(backup_id).write_text(
+        f"{hashlib.sha256(manifest_data).hexdigest()}  manifests/{backup_id}.json\n"
+        f"{files}  objects/{files[:2]}/{files}\n{checksums}  objects/{checksums[:2]}/{checksums}\n"
+    )
+
+
+def _forge(repo, backup_id, *, key, edit_files=None, edit=None, fix_sidecar: bool = True):
+    """A forger's work, done properly: edit the file list (`edit_files(entries)`) and store it, with
+    its checksum list, as content-addressed objects; point the manifest at them with matching counts;
+    `edit(document)` the manifest; rewrite the sidecar to match. Only the signature can tell.
+    `key`: bytes to sign with, "keep" to leave the document's signature, None for no signature."""
+    document = json.loads(repo.manifest_path(backup_id).read_bytes())
+    if edit_files is not None:
+        entries = json.loads(repo.object_path(document["files_object"]).read_bytes())
+        edit_files(entries)
+        document["files_object"] = _store_object(repo, _canonical_list(entries))
+        document["checksums_object"] = _store_object(repo, encode_checksum_list(e["sha256"] for e in entries))
+        document["file_count"] = len(entries)
+        document["total_bytes"] = sum(e["size"] for e in entries)
+    if edit is not None:
+        edit(document)
     body = {k: v for k, v in document.items() if k != "signature" or key == "keep"}
     if isinstance(key, bytes):
+        body.pop("signature", None)
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
         body["signature"] = hmac.new(key, canonical, hashlib.sha256).hexdigest()
     data = json.dumps(body, indent=2, sort_keys=True).encode()
     os.chmod(repo.manifest_path(backup_id), 0o644)
     repo.manifest_path(backup_id).write_bytes(data)
     if fix_sidecar:
-        lines = repo.sidecar_path(backup_id).read_text().splitlines()
-        lines[0] = f"{hashlib.sha256(data).hexdigest()}  manifests/{backup_id}.json"
-        repo.sidecar_path(backup_id).write_text("\n".join(lines) + "\n")
+        _write_sidecar(repo, backup_id, body, data)
+    return body
+
+
+def _set_mode_777(entries):
+    entries[0]["mode"] = "0777"
 
 
 @pytest.mark.parametrize("how", ["signature left", "wrong key", "signature removed"])
 def test_forged_manifest_without_the_key(repo, tmp_path, how):
     first, second, _ = _two_backups(repo, tmp_path)
-    document = json.loads(repo.manifest_path(first).read_bytes())
-    document["sources"]["mlflow"] = "9.9.9"  # the edit
-    document["files"][0]["mode"] = "0777"
     key = {"signature left": "keep", "wrong key": b"guessed key", "signature removed": None}[how]
-    if how == "signature removed":
-        document.pop("signature")
-    _rewrite_manifest(repo, first, document, key=key)
-    # The forger fixed the sidecar too, so only the signature can tell.
-    assert sha256sum_check(repo.root, f"manifests/{first}.sha256").returncode == 0
+    _forge(repo, first, key=key, edit_files=_set_mode_777, edit=lambda d: d["sources"].update(mlflow="9.9.9"))
+    # The forger fixed the sidecar and stored proper objects, so only the signature can tell.
+    assert sha256sum_check_backup(repo.root, first).returncode == 0
     report = repo.verify(first)
     expected = (
         f"manifests/{first}.json is not signed, and this repository requires signed backups"
@@ -340,14 +436,124 @@ def test_forged_manifest_without_the_key(repo, tmp_path, how):
 
 def test_forged_manifest_keeps_the_old_signature(repo, tmp_path):
     first, _, _ = _two_backups(repo, tmp_path)
-    document = json.loads(repo.manifest_path(first).read_bytes())
-    assert "signature" in document
-    document["files"] = [f for f in document["files"] if f["path"] != "quadra.db"]  # drop a file, keep the signature
-    data = json.dumps(document, indent=2, sort_keys=True).encode()
-    repo.manifest_path(first).write_bytes(data)
+    old = repo.read_manifest(first)
+
+    def drop_quadra_db(entries):
+        entries[:] = [e for e in entries if e["path"] != "quadra.db"]
+
+    forged = _forge(repo, first, key="keep", edit_files=drop_quadra_db, fix_sidecar=False)
     report = repo.verify(first)
     assert f"manifests/{first}.json: signature does not match (manifest altered, or signed with another key)" in report.problems
     assert any("does not match the SHA-256 in" in p for p in report.problems)  # sidecar not fixed: caught twice
+    files_rel = f"objects/{forged['files_object'][:2]}/{forged['files_object']}"
+    assert f"checksum sidecar manifests/{first}.sha256 does not list {files_rel}" in report.problems
+    old_rel = f"objects/{old.files_object[:2]}/{old.files_object}"
+    assert f"checksum sidecar manifests/{first}.sha256 lists {old_rel}, which the manifest does not name" in report.problems
+
+
+def test_manifest_pointing_to_another_backups_file_list(repo, tmp_path):
+    first, second, _ = _two_backups(repo, tmp_path)
+    theirs = repo.read_manifest(second)
+    # Only the file list is swapped (the two trees have the same number of files and bytes).
+    _forge(repo, first, key="keep", edit=lambda d: d.update(files_object=theirs.files_object))
+    report = repo.verify(first)
+    assert report.problems[0] == f"manifests/{first}.json: signature does not match (manifest altered, or signed with another key)"
+    assert report.problems[1].startswith(f"manifests/{first}.json: checksums_object ") and "is not the checksum list of the files in" in report.problems[1]
+    assert len(report.problems) == 2
+    _refused_restore(repo, first, tmp_path, match="signature does not match")
+    # Without the key (development) the file list and the checksum list still disagree.
+    unkeyed = BackupRepository(repo.root)
+    assert [p.split(": ", 1)[1][:17] for p in unkeyed.verify(first).problems] == ["checksums_object "]
+    assert repo.verify(second).ok
+
+
+def test_forged_file_list_object(repo, tmp_path):
+    """The file-list object rewritten in place (a file dropped, under the old name)."""
+    first, second, files = _two_backups(repo, tmp_path)
+    manifest = repo.read_manifest(first)
+    path = repo.object_path(manifest.files_object)
+    entries = [e for e in json.loads(path.read_bytes()) if e["path"] != "quadra.db"]
+    os.chmod(path, 0o644)
+    path.write_bytes(_canonical_list(entries))
+    rel = f"objects/{manifest.files_object[:2]}/{manifest.files_object}"
+    report = repo.verify(first)
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(f"file list {rel} is corrupt: its content hashes to ")
+    assert report.files_checked == 0
+    with pytest.raises(IntegrityError, match=f"backup {first}: 1 problem: file list {rel} is corrupt"):
+        repo.read_manifest(first)
+    assert sha256sum_check(repo.root, f"manifests/{first}.sha256").returncode != 0  # step 1 catches it
+    _refused_restore(repo, first, tmp_path, match="file list .* is corrupt")
+    assert repo.verify(second).ok
+    # The next backup of the same tree repairs the shared file list.
+    repo.create(write_tree(tmp_path / "a", files), sources={"seed": 0, "mlflow": "3.17.0"})
+    assert repo.verify(first).ok
+
+
+@pytest.mark.parametrize("which", ["file list", "checksum list"])
+def test_missing_metadata_object(repo, tmp_path, which):
+    first, second, _ = _two_backups(repo, tmp_path)
+    manifest = repo.read_manifest(first)
+    sha = manifest.files_object if which == "file list" else manifest.checksums_object
+    repo.object_path(sha).unlink()
+    problem = f"{which} objects/{sha[:2]}/{sha} is missing"
+    assert repo.verify(first).problems == [problem]
+    with pytest.raises(IntegrityError, match=f"backup {first}: 1 problem: {problem}"):
+        repo.read_manifest(first)
+    _refused_restore(repo, first, tmp_path, match=problem)
+    # gc still knows the data objects (from the other list) and removes none of them.
+    assert repo.gc().removed == []
+    assert all(repo.object_path(s).exists() for s in manifest.object_ids)
+    assert repo.verify(second).ok
+
+
+def test_gc_refuses_when_neither_the_file_list_nor_the_checksum_list_can_be_read(repo, tmp_path):
+    first, _ = _backup(repo, tmp_path)
+    manifest = first.manifest
+    repo.object_path(manifest.files_object).unlink()
+    repo.object_path(manifest.checksums_object).unlink()
+    with pytest.raises(BackupError, match=f"backup {manifest.backup_id}: neither its file list nor its checksum list can be read; refusing"):
+        repo.gc()
+    assert all(repo.object_path(s).exists() for s in manifest.object_ids)
+
+
+def test_checksum_list_that_omits_an_object(repo, tmp_path):
+    first, second, _ = _two_backups(repo, tmp_path)
+    manifest = repo.read_manifest(first)
+    omitted = _object_of(repo, first, "quadra.db").name
+    shorter = encode_checksum_list(s for s in manifest.object_ids if s != omitted)
+
+    # In place, under the old name: the content no longer hashes to it (and step 1 of sha256sum fails).
+    path = repo.object_path(manifest.checksums_object)
+    os.chmod(path, 0o644)
+    path.write_bytes(shorter)
+    rel = f"objects/{manifest.checksums_object[:2]}/{manifest.checksums_object}"
+    report = repo.verify(first)
+    assert len(report.problems) == 1 and report.problems[0].startswith(f"checksum list {rel} is corrupt")
+    assert sha256sum_check(repo.root, f"manifests/{first}.sha256").returncode != 0
+    path.write_bytes(manifest.checksum_list_bytes())
+    assert repo.verify(first).ok
+
+    # Properly stored under its own name, the manifest and sidecar pointed at it: `sha256sum` alone
+    # is satisfied (and would miss damage to the omitted object); verify is not.
+    _forge(repo, first, key="keep", edit=lambda d: d.update(checksums_object=_store_object(repo, shorter)))
+    flip_byte(repo.object_path(omitted), 10)
+    assert sha256sum_check_backup(repo.root, first).returncode == 0
+    problems = repo.verify(first).problems
+    assert problems[0] == f"manifests/{first}.json: signature does not match (manifest altered, or signed with another key)"
+    assert any("is not the checksum list of the files in" in p for p in problems)
+    assert any(p.startswith("quadra.db: object ") and "is corrupt" in p for p in problems)
+    _refused_restore(repo, first, tmp_path, match="signature does not match")
+
+
+def test_sidecar_lines_out_of_order(repo, tmp_path):
+    first, _, _ = _two_backups(repo, tmp_path)
+    sidecar = repo.sidecar_path(first)
+    lines = sidecar.read_text().splitlines()
+    sidecar.write_text("\n".join([lines[0], lines[2], lines[1]]) + "\n")
+    assert repo.verify(first).problems == [
+        f"checksum sidecar manifests/{first}.sha256 is not three lines in the order: manifest, file list, checksum list"
+    ]
 
 
 def test_edited_or_missing_sidecar(repo, tmp_path):
@@ -372,15 +578,18 @@ def test_edited_or_missing_sidecar(repo, tmp_path):
     ],
 )
 def test_unsafe_path_in_a_signed_manifest(repo, tmp_path, path, mode, words):
-    """Even with a valid signature (a bug, or a stolen key), a manifest cannot write outside the tree."""
+    """Even with a valid signature (a bug, or a stolen key), a file list cannot write outside the tree."""
     first, _, _ = _two_backups(repo, tmp_path)
-    document = json.loads(repo.manifest_path(first).read_bytes())
-    document["files"][0]["path"] = path
-    document["files"][0]["mode"] = mode
-    _rewrite_manifest(repo, first, document, key=KEY.encode())
+
+    def unsafe(entries):
+        entries[0]["path"] = path
+        entries[0]["mode"] = mode
+
+    forged = _forge(repo, first, key=KEY.encode(), edit_files=unsafe)
+    files_rel = f"objects/{forged['files_object'][:2]}/{forged['files_object']}"
     with pytest.raises(UnsafePathError, match=words) as caught:
         repo.read_manifest(first)
-    assert str(caught.value).startswith(f"backup {first}: manifests/{first}.json: ")
+    assert str(caught.value).startswith(f"backup {first}: file list {files_rel}: ")
     report = repo.verify(first)
     assert not report.ok and words in report.problems[0]
     _refused_restore(repo, first, tmp_path, error=UnsafePathError, match=words)
@@ -497,6 +706,7 @@ def test_delete_keeps_objects_until_gc(repo, tmp_path):
     first, files = _backup(repo, tmp_path, seed=0, name="a")
     second, _ = _backup(repo, tmp_path, seed=1, name="b")
     only_first = set(first.manifest.object_ids) - set(second.manifest.object_ids)
+    only_first |= {first.manifest.files_object, first.manifest.checksums_object}  # its file list and checksum list
     repo.delete(first.manifest.backup_id)
     assert repo.backup_ids() == [second.manifest.backup_id]
     assert not repo.sidecar_path(first.manifest.backup_id).exists()

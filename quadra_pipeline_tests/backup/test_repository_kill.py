@@ -1,8 +1,9 @@
 """Real kills (SIGKILL) during backup and restore, and two backups started at once (two processes).
 
 A child process runs `create` or `restore` and kills itself at a chosen point: the k-th object
-stored, the sidecar, the manifest, a restored file, just before or after the final rename, or in
-the middle of the k-th buffer written (half of it on disk). Other children are killed from outside
+stored, the file-list object, the checksum-list object, the sidecar, the manifest, a restored
+file, just before or after the final rename, or in the middle of the k-th buffer written (half
+of it on disk). Other children are killed from outside
 after a delay. After every kill: no new backup that looks complete and is not, the old backups
 verify, `cleanup_staging` removes the leftovers, and the next run succeeds.
 """
@@ -121,8 +122,9 @@ def _check_after_kill(repo: BackupRepository, base_id: str, source: Path, *, com
 
 KILL_POINTS = (
     [("object", k, False) for k in range(1, SMALL_FILES + 2)]
-    + [("sidecar", 1, False), ("manifest", 1, True)]
-    + [("write", k, False) for k in (1, 3, SMALL_FILES + 1, SMALL_FILES + 3, SMALL_FILES + 6, SMALL_FILES + 7)]
+    + [("file-list", 1, False), ("checksum-list", 1, False), ("sidecar", 1, False), ("manifest", 1, True)]
+    # writes: the small objects, the large one (5 buffers), the file list, the checksum list, the sidecar, the manifest
+    + [("write", k, False) for k in (1, 3, SMALL_FILES + 1, SMALL_FILES + 3, *range(SMALL_FILES + 6, SMALL_FILES + 10))]
 )
 
 
@@ -140,12 +142,13 @@ def test_kill_during_backup(tmp_path, trees, event, nth, completed):
 
 def test_the_write_kill_points_land_where_intended(tmp_path, trees):
     """Count the buffers one run writes: the small objects, the large one in 8 MiB buffers, the
-    sidecar, the manifest. So the `write` kill points above hit each stage, including mid-object."""
+    file list, the checksum list, the sidecar, the manifest. So the `write` kill points above hit
+    each stage, including mid-object."""
     _, new, _ = trees
     process = child(tmp_path / "repo", "create", str(new), "write", 10_000)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
-    assert f"writes {SMALL_FILES + LARGE // (8 << 20) + 2}" in out
+    assert f"writes {SMALL_FILES + LARGE // (8 << 20) + 4}" in out
     assert LARGE % (8 << 20) == 0 and LARGE // (8 << 20) == 5
 
 

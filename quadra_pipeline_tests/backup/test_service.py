@@ -1,0 +1,156 @@
+"""The backup service on a real data home, and `quadra backup` as a user runs it."""
+
+import datetime as dt
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from quadra_pipeline.backup import BackupError, IntegrityError
+from quadra_pipeline.backup.service import BackupService
+from quadra_pipeline.settings import load_settings
+from quadra_pipeline_tests.backup.live_home import build_live_home, quadra
+
+KEY = "5e" * 32
+
+
+@pytest.fixture(scope="module")
+def live_template(tmp_path_factory):
+    """One trained home per module; tests copy nothing from it but read it (or back it up)."""
+    home = tmp_path_factory.mktemp("live") / "home"
+    old = os.environ.get("QUADRA_HOME")
+    os.environ["QUADRA_HOME"] = str(home)
+    try:
+        build_live_home(home, versions=1)
+    finally:
+        if old is None:
+            os.environ.pop("QUADRA_HOME")
+        else:
+            os.environ["QUADRA_HOME"] = old
+    return home
+
+
+@pytest.fixture
+def service(live_template, monkeypatch, tmp_path):
+    for name in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "QUADRA_ENV", "QUADRA_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("QUADRA_HOME", str(live_template))
+    monkeypatch.setenv("QUADRA_BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.chdir(tmp_path)
+    return BackupService(load_settings())
+
+
+def stored_bytes(root: Path) -> int:
+    """Bytes of every file in the repository (objects, manifests, sidecars)."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def disk_bytes(root: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
+
+
+def test_24_hourly_backups_of_an_unchanged_system_take_at_most_1_1x_one(service):
+    first = service.create(partition_key="2026-11-29-00:00")
+    one, one_on_disk = stored_bytes(service.repository.root), disk_bytes(service.repository.root)
+    assert first.file_count > 5 and first.stored_bytes > 0
+    for hour in range(1, 24):
+        result = service.create(partition_key=f"2026-11-29-{hour:02d}:00")
+        assert result.stored_bytes == 0, "an unchanged system stores no new content"
+    assert len(service.repository.backup_ids()) == 24
+    assert stored_bytes(service.repository.root) <= 1.1 * one
+    # On disk each backup's own manifest and sidecar take a 4 KiB block each; still within 1.1x here.
+    assert disk_bytes(service.repository.root) <= 1.1 * one_on_disk
+    # The catalogue (which each backup changes) is not what made the copies differ: it is left out.
+    parts = service.repository.read_manifest(service.repository.backup_ids()[-1]).sources["parts"]
+    assert parts["project-db"]["catalogue"].startswith("left out")
+
+
+def test_signed_in_production_and_a_wrong_key_is_caught(service, monkeypatch):
+    monkeypatch.setenv("QUADRA_ENV", "production")
+    monkeypatch.setenv("QUADRA_SECRET_KEY", KEY)
+    signed = BackupService(load_settings())
+    backup_id = signed.create().manifest.backup_id
+    assert signed.repository.read_manifest(backup_id).signature
+    assert signed.verify([backup_id])[0].ok
+    monkeypatch.setenv("QUADRA_SECRET_KEY", "7a" * 32)  # another key: the manifest no longer checks out
+    [report] = BackupService(load_settings()).verify([backup_id])
+    assert not report.ok and any("signature" in p for p in report.problems)
+
+
+def test_prune_keeps_the_policy_and_the_newest_verified(service):
+    repo = service.repository
+    now = dt.datetime(2026, 11, 29, 12, tzinfo=dt.timezone.utc)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "f.txt"
+        data.write_text("same content")
+        from quadra_pipeline.backup import SourceFile
+
+        made = []
+        for hours_ago in (1, 2, 30, 31, 24 * 40, 24 * 40 + 1, 24 * 800):
+            when = now - dt.timedelta(hours=hours_ago)
+            made.append(repo.create([SourceFile("f.txt", data)], sources={}, created_at=when).manifest.backup_id)
+    dry = service.prune(dry_run=True, now=now)
+    assert dry.deleted == [] and repo.backup_ids() == sorted(made)
+    # 1 h, 2 h, 30 h, 31 h: distinct hours within 7 days (hourly). 40 d and 40 d + 1 h: the same
+    # ISO week, past the 30 daily days: only the newer stays (weekly). 800 d: past 24 months.
+    expected_gone = {made[5], made[6]}
+    assert set(dry.plan.delete) == expected_gone
+    result = service.prune(now=now)
+    assert set(result.deleted) == expected_gone
+    assert set(repo.backup_ids()) == set(made) - expected_gone
+
+
+def test_restore_refuses_a_tampered_backup_and_writes_nothing(service, tmp_path):
+    backup_id = service.create().manifest.backup_id
+    manifest = service.repository.read_manifest(backup_id)
+    victim = next(e for e in manifest.files if e.path.endswith(".db"))
+    obj = service.repository.object_path(victim.sha256)
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    os.chmod(obj, 0o644)
+    obj.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="corrupt"):
+        service.restore(backup_id, tmp_path / "target")
+    assert not (tmp_path / "target").exists()
+    with pytest.raises(BackupError, match="exactly one of"):
+        service.restore(backup_id)
+
+
+def test_cli_create_list_verify_export_import_prune(service, live_template, tmp_path):
+    env = {"QUADRA_BACKUP_DIR": str(tmp_path / "backups")}
+    created = [quadra(live_template, "backup", "create", **env).stdout.strip() for _ in range(2)]
+    listing = quadra(live_template, "backup", "list", **env).stdout.splitlines()
+    assert [line.split()[0] for line in listing] == created  # one line per backup, its id first
+    verified = quadra(live_template, "backup", "verify", **env)
+    assert verified.stdout.count(" OK ") == 2
+
+    archive = tmp_path / "offsite" / "b.tar"
+    archive.parent.mkdir()
+    quadra(live_template, "backup", "export", created[0], "--out", archive, **env)
+    check = subprocess.run(["sha256sum", "-c", "b.tar.sha256"], cwd=archive.parent, capture_output=True, text=True)
+    assert check.returncode == 0
+    other = {"QUADRA_BACKUP_DIR": str(tmp_path / "elsewhere")}
+    assert quadra(live_template, "backup", "import", archive, **other).stdout.strip() == created[0]
+    assert quadra(live_template, "backup", "verify", created[0], **other).returncode == 0
+
+    dry = quadra(live_template, "backup", "prune", "--dry-run", **env)
+    # Two backups in the same hour: the hourly tier keeps the newer; dry-run deletes nothing.
+    assert f"would delete {created[0]}" in dry.stdout and "would delete 1 backups" in dry.stdout
+    assert [line.split()[0] for line in quadra(live_template, "backup", "list", **env).stdout.splitlines()] == created
+
+    # Tamper: verify (default: all) exits non-zero, names the backup and the problem, in one line on stderr.
+    manifest_file = tmp_path / "backups" / "manifests" / f"{created[1]}.json"
+    os.chmod(manifest_file, 0o644)
+    manifest = json.loads(manifest_file.read_text())
+    manifest["total_bytes"] += 1
+    manifest_file.write_text(json.dumps(manifest))
+    bad = quadra(live_template, "backup", "verify", check=None, **env)
+    assert bad.returncode != 0
+    assert f"{created[1]}  FAILED" in bad.stdout and f"{created[0]}  OK" in bad.stdout
+    assert bad.stderr.strip().splitlines() == ["quadra: error: 1 of 2 backups failed verification"]
+    refused = quadra(live_template, "backup", "restore", created[1], "--target", tmp_path / "r", check=None, **env)
+    assert refused.returncode != 0 and created[1] in refused.stderr and not (tmp_path / "r").exists()
