@@ -121,13 +121,23 @@ def test_job_execute(executed):
 
 
 def test_asset_materialize_everything(tmp_path):
+    """'*' includes the hourly-partitioned backup asset, so Dagster wants an hour for it; the
+    other assets are unpartitioned and materialise in the same run, the backup last."""
     env = environment(tmp_path)
     (tmp_path / "run.yaml").write_text(SMALL_RUN)
-    run(["dagster", "asset", "materialize", "--select", "*", "-m", "quadra_pipeline.definitions", "-c", str(tmp_path / "run.yaml")], env)
+    run(["dagster", "asset", "materialize", "--select", "*", "--partition", "2026-11-29-10:00",
+         "-m", "quadra_pipeline.definitions", "-c", str(tmp_path / "run.yaml")], env)
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        keys = ["corpus", "quadra_model", "training_metrics", "system_state", "model_evaluation", "registered_model", "champion_model"]
+        keys = ["corpus", "quadra_model", "training_metrics", "system_state", "model_evaluation", "registered_model",
+                "champion_model", "backup"]
         for key in keys:
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
+        backup = instance.get_latest_materialization_event(dg.AssetKey("backup")).asset_materialization
+        assert backup.partition == "2026-11-29-10:00"
+    # Without an hour, Dagster refuses the selection with a clear message (not a silent skip).
+    refused = subprocess.run([str(BIN / "dagster"), "asset", "materialize", "--select", "*", "-m", "quadra_pipeline.definitions"],
+                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "no '--partition' option was provided" in refused.stderr
 
 
 def test_job_launch_is_queued_then_run_by_the_daemon_one_training_at_a_time(tmp_path):
@@ -169,6 +179,7 @@ def test_webserver_answers_graphql_with_assets_and_latest_materialisations(execu
         assert groups == {
             "corpus": "data", "quadra_model": "training", "training_metrics": "training", "system_state": "training",
             "model_evaluation": "evaluation", "registered_model": "registry", "champion_model": "registry",
+            "backup": "backup",
         }
         data = graphql(port, '{ assetOrError(assetKey: {path: ["quadra_model"]}) { ... on Asset { assetMaterializations(limit: 1) { runId metadataEntries { label } } } } }')
         [latest] = data["assetOrError"]["assetMaterializations"]
