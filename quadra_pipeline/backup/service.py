@@ -234,11 +234,15 @@ class BackupService:
         return RestoreResult(backup_id, self.settings.home, time.perf_counter() - started, aside, len(manifest.files))
 
     def _put_back(self, tree: Path, manifest: Any) -> Path:
+        """Move each restored piece to where the settings say it lives, after moving what is
+        there aside. All or nothing: if a move or a pg_restore fails, the moves made so far are
+        undone, so the live data home is as it was (pg_restore runs in one transaction)."""
         settings = self.settings
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         aside = settings.home / "restore-aside" / stamp
         aside.mkdir(parents=True, exist_ok=True)
         moves: list[tuple[Path, Path]] = []  # (restored, live)
+        dumps: list[tuple[Path, str]] = []  # (pg dump, database URL)
         for folder, url in ((PROJECT_DB, settings.database_url), (MLFLOW_DB, settings.mlflow_tracking_uri)):
             restored = tree / folder
             if not restored.exists():
@@ -247,22 +251,32 @@ class BackupService:
             for item in restored.iterdir():
                 if item.suffix == ".db" and db_file is not None:
                     moves.append((item, db_file))
-                elif item.suffix == ".pgdump":
-                    restore_pg_dump(item, url)
+                elif item.suffix == ".pgdump" and db_file is None:
+                    dumps.append((item, url))
                 else:
                     raise BackupError(f"{item.name} in {folder}/ does not match the configured database ({url.split(':', 1)[0]})")
         for folder, live in ((ARTIFACTS, settings.mlflow_artifact_root), (CHECKPOINTS, settings.checkpoint_dir)):
             if (tree / folder).exists():
                 moves.append((tree / folder, live))
-        for restored, live in moves:
-            for suffix in ("", "-wal", "-shm"):
-                current = live.with_name(live.name + suffix)
-                if current.exists():
-                    destination = aside / (current.relative_to(settings.home) if current.is_relative_to(settings.home) else current.name)
-                    destination.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.move(str(current), str(destination))
-            live.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(restored), str(live))
+        done: list[tuple[Path, Path]] = []  # (from, to), in the order made, to undo on failure
+        try:
+            for restored, live in moves:
+                for suffix in ("", "-wal", "-shm"):
+                    current = live.with_name(live.name + suffix)
+                    if current.exists():
+                        destination = aside / (current.relative_to(settings.home) if current.is_relative_to(settings.home) else current.name)
+                        destination.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.move(str(current), str(destination))
+                        done.append((current, destination))
+                live.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(restored), str(live))
+                done.append((restored, live))
+            for dump, url in dumps:
+                restore_pg_dump(dump, url)
+        except BaseException:
+            for source, destination in reversed(done):
+                shutil.move(str(destination), str(source))
+            raise
         return aside
 
     def sync_catalogue(self) -> None:

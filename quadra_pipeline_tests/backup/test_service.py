@@ -154,3 +154,31 @@ def test_cli_create_list_verify_export_import_prune(service, live_template, tmp_
     assert bad.stderr.strip().splitlines() == ["quadra: error: 1 of 2 backups failed verification"]
     refused = quadra(live_template, "backup", "restore", created[1], "--target", tmp_path / "r", check=None, **env)
     assert refused.returncode != 0 and created[1] in refused.stderr and not (tmp_path / "r").exists()
+
+
+def test_an_in_place_restore_that_fails_half_way_puts_everything_back(service, monkeypatch):
+    """All or nothing: a move that fails after others were made undoes them."""
+    import hashlib
+    import shutil
+
+    home = service.settings.home
+    service.create()
+
+    def snapshot_of_home():
+        return {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in home.rglob("*") if p.is_file() and "restore-aside" not in p.parts and not p.name.startswith(".")}
+
+    before = snapshot_of_home()
+    real_move, calls = shutil.move, []
+
+    def failing_move(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 5:  # after the databases went in, while the artifacts are being swapped
+            raise OSError(28, "No space left on device")
+        return real_move(src, dst)
+
+    monkeypatch.setattr(shutil, "move", failing_move)
+    with pytest.raises(OSError, match="No space left"):
+        service.restore("latest", in_place=True)
+    monkeypatch.setattr(shutil, "move", real_move)
+    assert snapshot_of_home() == before
