@@ -366,8 +366,14 @@ def cmd_backup_create(args: argparse.Namespace) -> int:
 def cmd_backup_list(args: argparse.Namespace) -> int:
     service = _backup_service()
     repository = service.repository
+    from .backup import BackupError
+
     for backup_id in repository.backup_ids():
-        manifest = repository.read_manifest(backup_id)
+        try:
+            manifest = repository.read_manifest(backup_id)
+        except BackupError as exc:
+            print(f"{backup_id}  DAMAGED  {exc}")
+            continue
         signed = "signed" if manifest.signature else "unsigned"
         print(f"{backup_id}  {manifest.created_at:%Y-%m-%d %H:%M:%S}Z  {len(manifest.files)} files  {manifest.total_bytes} bytes  {signed}")
     return EXIT_OK

@@ -239,8 +239,8 @@ class BackupService:
         undone, so the live data home is as it was (pg_restore runs in one transaction)."""
         settings = self.settings
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        aside = settings.home / "restore-aside" / stamp
-        aside.mkdir(parents=True, exist_ok=True)
+        (settings.home / "restore-aside").mkdir(parents=True, exist_ok=True)
+        aside = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=settings.home / "restore-aside"))  # unique per restore
         moves: list[tuple[Path, Path]] = []  # (restored, live)
         dumps: list[tuple[Path, str]] = []  # (pg dump, database URL)
         for folder, url in ((PROJECT_DB, settings.database_url), (MLFLOW_DB, settings.mlflow_tracking_uri)):
@@ -264,7 +264,8 @@ class BackupService:
                 for suffix in ("", "-wal", "-shm"):
                     current = live.with_name(live.name + suffix)
                     if current.exists():
-                        destination = aside / (current.relative_to(settings.home) if current.is_relative_to(settings.home) else current.name)
+                        inside = current.is_relative_to(settings.home)
+                        destination = aside / (current.relative_to(settings.home) if inside else Path("outside", *current.parts[1:]))
                         destination.parent.mkdir(parents=True, exist_ok=True)
                         shutil.move(str(current), str(destination))
                         done.append((current, destination))
@@ -287,7 +288,11 @@ class BackupService:
 
             for backup_id in self.repository.backup_ids():
                 if get_backup_or_none(session, backup_id) is None:
-                    manifest = self.repository.read_manifest(backup_id)
+                    try:
+                        manifest = self.repository.read_manifest(backup_id)
+                    except BackupError as exc:
+                        self.log(f"backup {backup_id} is damaged, not catalogued: {exc}")
+                        continue
                     record_backup(
                         session,
                         backup_id=backup_id,

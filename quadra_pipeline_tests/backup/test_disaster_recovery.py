@@ -102,9 +102,18 @@ def test_3_lost_model_artifacts(live):
     before = state_of(live)
     shutil.rmtree(live / "mlartifacts")
     shutil.rmtree(live / "checkpoints")
+    (live / "mlartifacts").mkdir()
+    (live / "checkpoints").mkdir()
     assert not champion_loads(live)
-    recover("3. lost model artifacts", "champion loads with mlflow.pyfunc; every version's SHA-256",
-            ["backup", "verify", "latest"], ["backup", "restore", "latest", "--in-place"], home=live)
+    started = time.monotonic()
+    quadra(live, "backup", "verify", "latest")
+    restored = live.parent / "quadra-restore"
+    quadra(live, "backup", "restore", "latest", "--target", restored)
+    for folder in ("mlartifacts", "checkpoints"):
+        subprocess.run(["cp", "-a", f"{restored / folder}/.", f"{live / folder}/"], check=True)
+    quadra(live, "model", "list")
+    DRILL_TIMES.append(("3. lost model artifacts", time.monotonic() - started,
+                        "files only (databases untouched); champion loads with mlflow.pyfunc; every version's SHA-256"))
     assert state_of(live) == before
     assert champion_loads(live)
 
@@ -125,6 +134,7 @@ def test_4_complete_loss_of_the_machine(live, tmp_path):
 
 
 def test_5_configuration_corruption(live, tmp_path, monkeypatch):
+    quadra(live, "backup", "create")
     before = state_of(live)
     env_file = tmp_path / ".env"
     env_file.write_text("QUADRA_FIELD_SIZE=one hundred\nQUADRA_ENV=production\n")
@@ -135,7 +145,7 @@ def test_5_configuration_corruption(live, tmp_path, monkeypatch):
     shutil.copy(env_file, tmp_path / ".env.broken")
     shutil.copy(Path(__file__).resolve().parents[2] / ".env.example", env_file)
     quadra(live, "db", "current", cwd=tmp_path)
-    quadra(live, "model", "list", cwd=tmp_path)
+    quadra(live, "backup", "verify", "latest", cwd=tmp_path)
     DRILL_TIMES.append(("5. configuration corruption", time.monotonic() - started,
                         "every command refuses with one line naming the variable; fixed from .env.example"))
     assert state_of(live) == before

@@ -152,6 +152,8 @@ def test_cli_create_list_verify_export_import_prune(service, live_template, tmp_
     assert bad.returncode != 0
     assert f"{created[1]}  FAILED" in bad.stdout and f"{created[0]}  OK" in bad.stdout
     assert bad.stderr.strip().splitlines() == ["quadra: error: 1 of 2 backups failed verification"]
+    listed = quadra(live_template, "backup", "list", **env).stdout.splitlines()  # one bad manifest: the others still list
+    assert listed[0].startswith(f"{created[0]}  2026") and listed[1].startswith(f"{created[1]}  DAMAGED")
     refused = quadra(live_template, "backup", "restore", created[1], "--target", tmp_path / "r", check=None, **env)
     assert refused.returncode != 0 and created[1] in refused.stderr and not (tmp_path / "r").exists()
 

@@ -17,7 +17,7 @@ def test_schedule_is_hourly_from_the_partitioned_job_and_running_by_default():
     node = defs.resolve_asset_graph().get(dg.AssetKey("backup"))
     assert isinstance(node.partitions_def, dg.HourlyPartitionsDefinition)
     policy = node.freshness_policy
-    assert policy is not None and policy.warn_window.to_timedelta().total_seconds() == 3600
+    assert policy is not None and policy.fail_window.to_timedelta().total_seconds() == 3600 + 600
     assert {k.to_user_string() for k in node.parent_keys} >= {"quadra_model", "training_metrics", "registered_model", "champion_model"}
 
 
