@@ -2,7 +2,8 @@
 
 Restores a backup into a temporary folder, then opens what came back as the system would:
 each SQLite database must pass `PRAGMA integrity_check` and hold the row counts recorded at
-backup time; every restored file must hash to its manifest entry; the champion model named
+backup time (a PostgreSQL dump is restored into a scratch database on the same server,
+counted, and dropped); every restored file must hash to its manifest entry; the champion model named
 by the restored MLflow registry must be found in the restored artifacts with the SHA-256 its
 version is tagged with, and load and run.
 """
@@ -54,6 +55,10 @@ def restore_drill(service: BackupService, backup_id: str, workdir: Path) -> Dril
     for part in (PROJECT_DB, MLFLOW_DB):
         recorded = manifest.sources.get("parts", {}).get(part, {})
         counts, path = recorded.get("tables"), recorded.get("path")
+        if recorded.get("kind") == "postgresql" and counts is not None and path:
+            url = service.settings.database_url if part == PROJECT_DB else service.settings.mlflow_tracking_uri
+            _check_postgres(result, part, tree / path, counts, url)
+            continue
         if recorded.get("kind") != "sqlite" or counts is None or not path:
             result.checked[part] = recorded.get("note") or f"{recorded.get('kind', 'absent')}: not opened by the drill"
             continue
@@ -78,6 +83,56 @@ def restore_drill(service: BackupService, backup_id: str, workdir: Path) -> Dril
     _check_champion(service, tree, result)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_postgres(result: DrillResult, part: str, dump: Path, counts: dict, url: str) -> None:
+    """Restore the dump into a scratch database on the same server, count its rows, drop it."""
+    import uuid
+
+    from sqlalchemy import create_engine
+
+    from ..store.session import normalize_url
+    from .sources import restore_pg_dump
+
+    base = normalize_url(url)
+    scratch = f"quadra_drill_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'CREATE DATABASE "{scratch}"')
+        except Exception as exc:
+            result.fail(f"{part}: cannot create a scratch database for the drill ({str(exc).splitlines()[0][:200]})")
+            return
+        scratch_url = base.set(database=scratch)
+        try:
+            restore_pg_dump(dump, scratch_url.render_as_string(hide_password=False))
+            engine = create_engine(scratch_url)
+            try:
+                with engine.connect() as connection:
+                    rows = connection.exec_driver_sql(
+                        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+                        "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+                    ).all()
+                    actual = {
+                        (table if schema == "public" else f"{schema}.{table}"):
+                        connection.exec_driver_sql(f'SELECT count(*) FROM "{schema}"."{table}"').scalar_one()
+                        for schema, table in rows
+                    }
+            finally:
+                engine.dispose()
+        except Exception as exc:
+            result.fail(f"{part}: the dump does not restore ({str(exc).splitlines()[0][:200]})")
+            return
+        finally:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+        if actual != counts:
+            differing = sorted(t for t in set(actual) | set(counts) if actual.get(t) != counts.get(t))
+            result.fail(f"{part}: row counts differ from the source in {', '.join(differing)}")
+        result.checked[part] = {"tables": len(actual), "rows": sum(actual.values()), "restored_into": "scratch PostgreSQL database"}
+    finally:
+        admin.dispose()
 
 
 def _check_champion(service: BackupService, tree: Path, result: DrillResult) -> None:

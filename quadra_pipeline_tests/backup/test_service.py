@@ -184,3 +184,48 @@ def test_an_in_place_restore_that_fails_half_way_puts_everything_back(service, m
         service.restore("latest", in_place=True)
     monkeypatch.setattr(shutil, "move", real_move)
     assert snapshot_of_home() == before
+
+
+@pytest.mark.postgres
+def test_backup_and_restore_drill_with_the_project_database_on_postgresql(tmp_path, monkeypatch):
+    """Production's shape: the project database on PostgreSQL (pg_dump), MLflow on SQLite."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from quadra_pipeline.backup.drill import restore_drill
+
+    admin_url = os.environ.get("QUADRA_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    name = f"quadra_bk_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'create database "{name}"'))
+    except sa.exc.OperationalError as exc:
+        if os.environ.get("CI") and os.environ.get("QUADRA_REQUIRE_POSTGRES", "1") != "0":
+            pytest.fail(f"PostgreSQL is required under CI: {exc}")
+        pytest.skip(f"no PostgreSQL server: {str(exc).splitlines()[0]}")
+    try:
+        home = tmp_path / "home"
+        for var in ("MLFLOW_TRACKING_URI", "QUADRA_ENV", "QUADRA_SECRET_KEY"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("QUADRA_HOME", str(home))
+        monkeypatch.setenv("DATABASE_URL", sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False))
+        monkeypatch.setenv("QUADRA_BACKUP_DIR", str(tmp_path / "backups"))
+        monkeypatch.chdir(tmp_path)
+        build_live_home(home, versions=1)
+        service = BackupService(load_settings())
+        backup_id = service.create().manifest.backup_id
+        parts = service.repository.read_manifest(backup_id).sources["parts"]
+        assert parts["project-db"]["kind"] == "postgresql" and parts["project-db"]["path"].endswith(".pgdump")
+        drill = restore_drill(service, backup_id, tmp_path / "drill")
+        assert drill.ok, drill.problems
+        assert drill.checked["project-db"]["restored_into"] == "scratch PostgreSQL database"
+        assert drill.checked["project-db"]["rows"] > 0 and drill.checked["champion"]["version"] == 1
+        with admin.connect() as conn:  # the scratch database is gone again
+            left = conn.execute(sa.text("select count(*) from pg_database where datname like 'quadra_drill_%'")).scalar()
+        assert left == 0
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        admin.dispose()
