@@ -125,6 +125,11 @@ class BackupService:
         except Exception as exc:  # the catalogue must never sink a backup or a restore
             self.log(f"backup catalogue not updated ({type(exc).__name__}: {str(exc)[:200]})")
 
+    def _close_catalogue(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+        self._engine = None
+
     # Create ----------------------------------------------------------------------------
 
     def create(self, partition_key: str | None = None) -> CreateResult:
@@ -222,10 +227,13 @@ class BackupService:
                 manifest = self.repository.restore(backup_id, Path(target))
                 return RestoreResult(backup_id, Path(target), time.perf_counter() - started, files=len(manifest.files))
             self.settings.home.mkdir(parents=True, exist_ok=True)
+            for stale in self.settings.home.glob(".restore-*"):  # a killed restore's staging copy
+                shutil.rmtree(stale, ignore_errors=True)  # (restored files only; live data is never in it)
             staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=self.settings.home))
             tree = staging / "tree"
             try:
                 manifest = self.repository.restore(backup_id, tree)  # verifies first; raises before touching anything
+                self._close_catalogue()  # no connection of ours may hold the files being swapped
                 aside = self._put_back(tree, manifest)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -305,7 +313,7 @@ class BackupService:
                         created_at=manifest.created_at,
                     )
 
-        self._engine = None  # the database file may have just been replaced
+        self._close_catalogue()  # the database file may have just been replaced
         self._catalogue(sync)
 
     # Prune -----------------------------------------------------------------------------

@@ -47,6 +47,19 @@ def stored_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+@pytest.fixture
+def own_service(tmp_path, monkeypatch):
+    """A home of its own: in-place restores swap its files, so it is not shared with other tests."""
+    for name in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "QUADRA_ENV", "QUADRA_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "own-home"
+    monkeypatch.setenv("QUADRA_HOME", str(home))
+    monkeypatch.setenv("QUADRA_BACKUP_DIR", str(tmp_path / "own-backups"))
+    monkeypatch.chdir(tmp_path)
+    build_live_home(home, versions=1)
+    return BackupService(load_settings())
+
+
 def disk_bytes(root: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
 
@@ -158,19 +171,30 @@ def test_cli_create_list_verify_export_import_prune(service, live_template, tmp_
     assert refused.returncode != 0 and created[1] in refused.stderr and not (tmp_path / "r").exists()
 
 
-def test_an_in_place_restore_that_fails_half_way_puts_everything_back(service, monkeypatch):
-    """All or nothing: a move that fails after others were made undoes them."""
+def home_state(home: Path) -> tuple[dict, dict]:
+    """Bytes of every file but the databases, and the databases' row counts. (Database bytes
+    change when the last connection checkpoints its WAL, and on restore; their rows must not.
+    The catalogue table is left out: it mirrors the repository, and is rebuilt from it.)"""
     import hashlib
+
+    from quadra_pipeline.backup.service import table_counts
+
+    files = {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in home.rglob("*") if p.is_file() and "restore-aside" not in p.parts
+             and not p.relative_to(home).parts[0].startswith(".") and ".db" not in p.name}
+    counts = {db: {t: n for t, n in table_counts(home / db).items() if t != "backups"} for db in ("quadra.db", "mlflow.db")}
+    return files, counts
+
+
+def test_an_in_place_restore_that_fails_half_way_puts_everything_back(own_service, monkeypatch):
+    """All or nothing: a move that fails after others were made undoes them."""
     import shutil
 
+    service = own_service
     home = service.settings.home
     service.create()
-
-    def snapshot_of_home():
-        return {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in home.rglob("*") if p.is_file() and "restore-aside" not in p.parts and not p.name.startswith(".")}
-
-    before = snapshot_of_home()
+    (home / "checkpoints" / "added-after-backup.bin").write_bytes(b"changed since the backup")
+    before = home_state(home)
     real_move, calls = shutil.move, []
 
     def failing_move(src, dst):
@@ -183,7 +207,8 @@ def test_an_in_place_restore_that_fails_half_way_puts_everything_back(service, m
     with pytest.raises(OSError, match="No space left"):
         service.restore("latest", in_place=True)
     monkeypatch.setattr(shutil, "move", real_move)
-    assert snapshot_of_home() == before
+    assert home_state(home) == before
+    (home / "checkpoints" / "added-after-backup.bin").unlink()
 
 
 @pytest.mark.postgres
@@ -229,3 +254,57 @@ def test_backup_and_restore_drill_with_the_project_database_on_postgresql(tmp_pa
         with admin.connect() as conn:
             conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
         admin.dispose()
+
+
+KILL_MID_SWAP = """
+import os, shutil, signal, sys
+from quadra_pipeline.backup.service import BackupService
+from quadra_pipeline.settings import load_settings
+real, calls = shutil.move, []
+def move(src, dst):
+    calls.append(src)
+    if len(calls) == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)  # the machine dies in the middle of the swap
+    return real(src, dst)
+shutil.move = move
+BackupService(load_settings()).restore("latest", in_place=True)
+"""
+
+
+def test_a_restore_killed_mid_swap_loses_nothing_and_running_it_again_finishes_it(own_service, tmp_path):
+    import hashlib
+
+    service = own_service
+    import subprocess
+    import sys
+
+    home = service.settings.home
+
+    def files_of(root, skip=("restore-aside",)):
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in root.rglob("*") if p.is_file() and not set(skip) & set(p.relative_to(root).parts)
+                and not p.relative_to(root).parts[0].startswith(".")}
+
+    def state():
+        return home_state(home)
+
+    backup_id = service.create().manifest.backup_id
+    expected = state()
+    # Change the live data after the backup, so old and restored content differ.
+    (home / "checkpoints" / "added-after-backup.bin").write_bytes(b"new data")
+    live_before = files_of(home)
+
+    killed = subprocess.run([sys.executable, "-c", KILL_MID_SWAP, "4"], env=os.environ.copy(), capture_output=True, timeout=300)
+    assert killed.returncode == -9
+    # Nothing lost: every file of the live data before the restore is in place or moved aside.
+    aside_files = {}
+    for folder in (home / "restore-aside").iterdir():
+        aside_files.update(files_of(folder, skip=()))
+    now = files_of(home)
+    for path, digest in live_before.items():
+        assert now.get(path) == digest or aside_files.get(path) == digest, path
+    # Running the same restore again finishes it.
+    assert list(home.glob(".restore-*"))  # the killed run's staging copy is still there...
+    service.restore(backup_id, in_place=True)
+    assert state() == expected
+    assert not list(home.glob(".restore-*"))  # ...and the next restore cleaned it up
