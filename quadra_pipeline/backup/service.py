@@ -29,7 +29,7 @@ from ..settings import Environment, Settings
 from .errors import BackupError, UnknownBackupError
 from .repository import BackupRepository, CreateResult, VerifyReport
 from .retention import BackupInfo, RetentionPlan, RetentionPolicy, plan_retention
-from .sources import ARTIFACTS, CHECKPOINTS, MLFLOW_DB, PROJECT_DB, restore_pg_dump, take_snapshot
+from .sources import ARTIFACTS, CHECKPOINTS, MLFLOW_DB, PROJECT_DB, _snapshot_postgres, restore_pg_dump, take_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class BackupService:
         (settings.home / "restore-aside").mkdir(parents=True, exist_ok=True)
         aside = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=settings.home / "restore-aside"))  # unique per restore
         moves: list[tuple[Path, Path]] = []  # (restored, live)
-        dumps: list[tuple[Path, str]] = []  # (pg dump, database URL)
+        dumps: list[tuple[Path, str, str, str]] = []  # (pg dump, database URL, folder, stem)
         for folder, url in ((PROJECT_DB, settings.database_url), (MLFLOW_DB, settings.mlflow_tracking_uri)):
             restored = tree / folder
             if not restored.exists():
@@ -260,7 +260,7 @@ class BackupService:
                 if item.suffix == ".db" and db_file is not None:
                     moves.append((item, db_file))
                 elif item.suffix == ".pgdump" and db_file is None:
-                    dumps.append((item, url))
+                    dumps.append((item, url, folder, item.stem))
                 else:
                     raise BackupError(f"{item.name} in {folder}/ does not match the configured database ({url.split(':', 1)[0]})")
         for folder, live in ((ARTIFACTS, settings.mlflow_artifact_root), (CHECKPOINTS, settings.checkpoint_dir)):
@@ -280,7 +280,9 @@ class BackupService:
                 live.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(restored), str(live))
                 done.append((restored, live))
-            for dump, url in dumps:
+            for dump, url, folder, stem in dumps:
+                # "Moving aside" a PostgreSQL database: dump it as it is now, next to the files.
+                _snapshot_postgres(url, folder, stem, "live database before the restore", aside)
                 restore_pg_dump(dump, url)
         except BaseException:
             for source, destination in reversed(done):

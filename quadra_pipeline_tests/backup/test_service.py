@@ -250,6 +250,17 @@ def test_backup_and_restore_drill_with_the_project_database_on_postgresql(tmp_pa
         with admin.connect() as conn:  # the scratch database is gone again
             left = conn.execute(sa.text("select count(*) from pg_database where datname like 'quadra_drill_%'")).scalar()
         assert left == 0
+
+        # In place: rows written after the backup are gone again, and the database as it was
+        # before the restore is kept aside as a dump.
+        live = sa.create_engine(os.environ["DATABASE_URL"])
+        with live.begin() as conn:
+            conn.execute(sa.text("delete from training_metrics"))
+        result = service.restore(backup_id, in_place=True)
+        with live.connect() as conn:
+            assert conn.execute(sa.text("select count(*) from training_metrics")).scalar() == 3
+        live.dispose()
+        assert (result.moved_aside / "project-db" / "quadra.pgdump").stat().st_size > 0
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
