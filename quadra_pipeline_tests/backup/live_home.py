@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import sqlalchemy as sa
-
 QUADRA = str(Path(sys.executable).parent / "quadra")
 
 
@@ -55,13 +53,9 @@ def build_live_home(home: Path, versions: int = 2) -> None:
 
 
 def row_counts(db: Path) -> dict[str, int]:
-    engine = sa.create_engine(f"sqlite:///{db}")
-    try:
-        with engine.connect() as conn:
-            names = [r[0] for r in conn.execute(sa.text("select name from sqlite_master where type='table'"))]
-            return {n: conn.execute(sa.text(f'select count(*) from "{n}"')).scalar() for n in sorted(names)}
-    finally:
-        engine.dispose()
+    from quadra_pipeline.backup.service import table_counts  # the drill's own counter
+
+    return table_counts(db)
 
 
 #: (scenario, recovery seconds, what was checked) of every drill that ran; printed at the end.

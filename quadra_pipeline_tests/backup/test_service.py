@@ -214,28 +214,19 @@ def test_an_in_place_restore_that_fails_half_way_puts_everything_back(own_servic
 @pytest.mark.postgres
 def test_backup_and_restore_drill_with_the_project_database_on_postgresql(tmp_path, monkeypatch):
     """Production's shape: the project database on PostgreSQL (pg_dump), MLflow on SQLite."""
-    import uuid
-
     import sqlalchemy as sa
 
     from quadra_pipeline.backup.drill import restore_drill
 
-    admin_url = os.environ.get("QUADRA_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-    name = f"quadra_bk_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'create database "{name}"'))
-    except sa.exc.OperationalError as exc:
-        if os.environ.get("CI") and os.environ.get("QUADRA_REQUIRE_POSTGRES", "1") != "0":
-            pytest.fail(f"PostgreSQL is required under CI: {exc}")
-        pytest.skip(f"no PostgreSQL server: {str(exc).splitlines()[0]}")
-    try:
+    from quadra_pipeline_tests.postgres import ADMIN_URL, scratch_database
+
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with scratch_database("quadra_bk") as database_url:
         home = tmp_path / "home"
         for var in ("MLFLOW_TRACKING_URI", "QUADRA_ENV", "QUADRA_SECRET_KEY"):
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setenv("QUADRA_HOME", str(home))
-        monkeypatch.setenv("DATABASE_URL", sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False))
+        monkeypatch.setenv("DATABASE_URL", database_url.render_as_string(hide_password=False))
         monkeypatch.setenv("QUADRA_BACKUP_DIR", str(tmp_path / "backups"))
         monkeypatch.chdir(tmp_path)
         build_live_home(home, versions=1)
@@ -261,10 +252,7 @@ def test_backup_and_restore_drill_with_the_project_database_on_postgresql(tmp_pa
             assert conn.execute(sa.text("select count(*) from training_metrics")).scalar() == 3
         live.dispose()
         assert (result.moved_aside / "project-db" / "quadra.pgdump").stat().st_size > 0
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
-        admin.dispose()
+    admin.dispose()
 
 
 KILL_MID_SWAP = """

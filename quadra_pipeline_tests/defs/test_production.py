@@ -2,15 +2,14 @@
 
 import os
 import shutil
-import uuid
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 
 from quadra_pipeline.defs.resources import RegistryResource, StoreResource, resources_for
 from quadra_pipeline.settings import load_settings
 from quadra_pipeline_tests.defs.conftest import REPO_ROOT
+from quadra_pipeline_tests.postgres import scratch_database
 
 GOOD_KEY = "9f" * 32
 
@@ -48,20 +47,8 @@ def test_production_code_location_refuses_to_load_without_a_secret(quadra_env, m
 
 @pytest.fixture
 def postgres_database():
-    url = os.environ.get("QUADRA_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-    name = f"quadra_dagster_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'create database "{name}"'))
-    except sa.exc.OperationalError as exc:
-        if os.environ.get("CI") and os.environ.get("QUADRA_REQUIRE_POSTGRES", "1") != "0":
-            pytest.fail(f"PostgreSQL is required under CI: {exc}")
-        pytest.skip(f"no PostgreSQL server: {str(exc).splitlines()[0]}")
-    yield name
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
-    admin.dispose()
+    with scratch_database("quadra_dagster") as url:
+        yield url.database
 
 
 @pytest.mark.postgres
