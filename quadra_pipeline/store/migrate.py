@@ -24,7 +24,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import URL, Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
-from .errors import SchemaError, StoreError
+from .errors import SchemaError
 from .session import connection_error, make_engine, mask_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

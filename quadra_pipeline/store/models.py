@@ -126,6 +126,9 @@ class TrainingRun(Base):
     #: Where the training data came from (dataset name, split, revision, row range, ...).
     source: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
+    #: The MLflow run that receives this run's metrics (completed from `training_metrics`
+    #: when the process died before sending its last group).
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
 
     metrics: Mapped[list[TrainingMetric]] = relationship(
         back_populates="training_run",
@@ -270,6 +273,22 @@ class SystemState(Base):
         return f"<SystemState id={self.id} iteration={self.iteration_count} at {self.timestamp}>"
 
 
+class AliasCheck(Base):
+    """When the registry's aliases were last compared with `model_alias_events`, per model.
+
+    A move made outside the pipeline (MLflow UI, REST, another client) is recorded when a check
+    sees it, so its time is known to lie between the previous check and that one.
+    """
+
+    __tablename__ = "alias_checks"
+
+    model_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    checked_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<AliasCheck {self.model_name} at {self.checked_at}>"
+
+
 class Backup(Base):
     """One entry of the backup catalogue."""
 
@@ -301,6 +320,7 @@ class Backup(Base):
 
 
 __all__ = [
+    "AliasCheck",
     "BACKUP_STATUSES",
     "DEFAULT_MODEL_NAME",
     "RUN_STATUSES",

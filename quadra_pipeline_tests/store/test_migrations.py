@@ -12,6 +12,7 @@ from sqlalchemy import Engine, inspect, text
 from quadra_pipeline.store import Base, SchemaError, migrate, make_engine
 
 MODEL_TABLES = {
+    "alias_checks",
     "backups",
     "model_alias_events",
     "model_versions",
@@ -51,7 +52,7 @@ def test_upgrade_on_empty_database_creates_exactly_the_models_schema(empty_engin
 
     migrate.upgrade(empty_engine)
 
-    assert migrate.current(empty_engine) == migrate.head_revision() == "0001"
+    assert migrate.current(empty_engine) == migrate.head_revision() == "0002"
     assert _tables(empty_engine) == MODEL_TABLES | {"alembic_version"}
     assert _diffs(empty_engine) == []
 
@@ -81,8 +82,8 @@ def test_constraints_and_indexes_have_stable_names(empty_engine: Engine) -> None
 
 def test_ensure_schema_upgrades_an_empty_database_and_is_then_a_no_op(empty_url: str) -> None:
     assert migrate.current(empty_url) is None
-    assert migrate.ensure_schema(empty_url) == "0001"
-    assert migrate.current(empty_url) == "0001"
+    assert migrate.ensure_schema(empty_url) == "0002"
+    assert migrate.current(empty_url) == "0002"
 
     engine = make_engine(empty_url)
     try:
@@ -94,8 +95,8 @@ def test_ensure_schema_upgrades_an_empty_database_and_is_then_a_no_op(empty_url:
         def _record(conn, cursor, statement, *args):  # noqa: ANN001
             statements.append(statement)
 
-        assert migrate.ensure_schema(engine) == "0001"
-        assert migrate.ensure_schema(engine) == "0001"
+        assert migrate.ensure_schema(engine) == "0002"
+        assert migrate.ensure_schema(engine) == "0002"
         ddl = [s for s in statements if s.lstrip().upper().startswith(("CREATE", "ALTER", "DROP", "INSERT", "UPDATE"))]
         assert ddl == []
         with engine.connect() as connection:
@@ -113,6 +114,9 @@ def test_downgrade_to_base_removes_everything_and_upgrade_again_works(empty_engi
 
     migrate.upgrade(empty_engine, "0001")
     assert migrate.current(empty_engine) == "0001"
+    assert "alias_checks" not in _tables(empty_engine)
+    migrate.upgrade(empty_engine)  # 0001 -> 0002 on a database that already has the first schema
+    assert migrate.current(empty_engine) == "0002"
     assert _diffs(empty_engine) == []
 
 
@@ -174,8 +178,8 @@ def test_concurrent_ensure_schema_calls_do_not_collide(empty_url: str) -> None:
     for thread in threads:
         thread.join(timeout=50)
     assert errors == []
-    assert results == ["0001", "0001"]
-    assert migrate.current(empty_url) == "0001"
+    assert results == ["0002", "0002"]
+    assert migrate.current(empty_url) == "0002"
 
 
 def _ensure_schema_in_a_process(url: str, start, results) -> None:  # noqa: ANN001
@@ -203,5 +207,5 @@ def test_concurrent_ensure_schema_in_two_processes(empty_url: str) -> None:
     outcomes = sorted(results.get(timeout=50) for _ in workers)
     for worker in workers:
         worker.join(timeout=10)
-    assert outcomes == ["0001", "0001"]
-    assert migrate.current(empty_url) == "0001"
+    assert outcomes == ["0002", "0002"]
+    assert migrate.current(empty_url) == "0002"
