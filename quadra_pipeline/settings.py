@@ -29,6 +29,10 @@ class Environment(str, enum.Enum):
     test = "test"
 
 
+#: Settings that name a key file (blank means unset).
+_KEY_FILES = ("model_signing_key_file", "model_verify_key_file")
+
+
 class Settings(BaseSettings):
     """Every knob the project reads from its environment (see `.env.example`)."""
 
@@ -48,6 +52,11 @@ class Settings(BaseSettings):
     mlflow_ui_url_override: str | None = Field(None, alias="QUADRA_MLFLOW_UI_URL")
     secret_key: SecretStr | None = Field(None, alias="QUADRA_SECRET_KEY")
     backup_dir_override: Path | None = Field(None, alias="QUADRA_BACKUP_DIR")
+    # Model-version signing (keys.py): the private key signs, the public key verifies.
+    model_signing_key: SecretStr | None = Field(None, alias="QUADRA_MODEL_SIGNING_KEY")
+    model_signing_key_file: Path | None = Field(None, alias="QUADRA_MODEL_SIGNING_KEY_FILE")
+    model_verify_key: str | None = Field(None, alias="QUADRA_MODEL_VERIFY_KEY")
+    model_verify_key_file: Path | None = Field(None, alias="QUADRA_MODEL_VERIFY_KEY_FILE")
 
     # Model defaults (spec: field size 100, batch size ~10 rows, lr 0.001).
     field_size: int = Field(100, alias="QUADRA_FIELD_SIZE", ge=2, le=4096)
@@ -56,7 +65,7 @@ class Settings(BaseSettings):
     seed: int = Field(0, alias="QUADRA_SEED", ge=0, le=2**63 - 1)
     learning_rate: float = Field(0.001, alias="QUADRA_LEARNING_RATE", gt=0, le=1)
 
-    @field_validator("home", "backup_dir_override", mode="before")
+    @field_validator("home", "backup_dir_override", *_KEY_FILES, mode="before")
     @classmethod
     def _blank_path_is_default(cls, value: object, info: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -68,7 +77,7 @@ class Settings(BaseSettings):
     def _env_any_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("home", "backup_dir_override", mode="after")
+    @field_validator("home", "backup_dir_override", *_KEY_FILES, mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
@@ -78,7 +87,7 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
-    @field_validator("secret_key", mode="before")
+    @field_validator("secret_key", "model_signing_key", "model_verify_key", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return value or None
@@ -90,6 +99,17 @@ class Settings(BaseSettings):
         problem = secret_key_problem(self.secret_key)
         if problem:
             raise ValueError(f"QUADRA_SECRET_KEY {problem} (required when QUADRA_ENV=production)")
+        if self.model_signing_key is None and self.model_signing_key_file is None:
+            raise ValueError(
+                "QUADRA_MODEL_SIGNING_KEY (or QUADRA_MODEL_SIGNING_KEY_FILE) is not set (required when "
+                "QUADRA_ENV=production: every registered model version is signed; quadra model keygen makes a pair)"
+            )
+        from .keys import KeyProblem, model_signing_keys
+
+        try:
+            model_signing_keys(self)  # readable, the right kind, and the public key (if set) its own
+        except KeyProblem as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     # Derived locations -------------------------------------------------------------------

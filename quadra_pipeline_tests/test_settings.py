@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from quadra_pipeline_tests.production import set_production, signing_keys
+
 from quadra_pipeline.settings import (
     EXAMPLE_SECRET_KEY,
     MIN_SECRET_KEY_BYTES,
@@ -176,8 +178,7 @@ def test_production_refuses_the_example_key_from_a_dotenv(clean_env: Path) -> No
 
 
 def test_production_accepts_a_good_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QUADRA_ENV", "production")
-    monkeypatch.setenv("QUADRA_SECRET_KEY", GOOD_KEY)
+    set_production(monkeypatch, GOOD_KEY)
     settings = load_settings()
     assert settings.env is Environment.production
     assert settings.secret_key is not None
@@ -185,8 +186,7 @@ def test_production_accepts_a_good_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_exactly_min_bytes_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QUADRA_ENV", "production")
-    monkeypatch.setenv("QUADRA_SECRET_KEY", "k" * MIN_SECRET_KEY_BYTES)
+    set_production(monkeypatch, "k" * MIN_SECRET_KEY_BYTES)
     assert load_settings().env is Environment.production
 
 
@@ -198,12 +198,46 @@ def test_development_and_test_do_not_need_a_key(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_the_secret_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QUADRA_ENV", "production")
-    monkeypatch.setenv("QUADRA_SECRET_KEY", GOOD_KEY)
+    set_production(monkeypatch, GOOD_KEY)
+    private_pem = signing_keys()["QUADRA_MODEL_SIGNING_KEY"]
     settings = load_settings()
     for text in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):
         assert GOOD_KEY not in text
         assert GOOD_KEY[:16] * 2 not in text
+        assert private_pem.splitlines()[1] not in text  # the private signing key neither
+
+
+def test_production_requires_a_model_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUADRA_ENV", "production")
+    monkeypatch.setenv("QUADRA_SECRET_KEY", GOOD_KEY)
+    message = _error()
+    assert "QUADRA_MODEL_SIGNING_KEY (or QUADRA_MODEL_SIGNING_KEY_FILE) is not set" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "reason"),
+    [
+        ("QUADRA_MODEL_SIGNING_KEY_FILE", "/nonexistent/key.pem", "QUADRA_MODEL_SIGNING_KEY_FILE=/nonexistent/key.pem: cannot read the key"),
+        ("QUADRA_MODEL_SIGNING_KEY", "not a key", "QUADRA_MODEL_SIGNING_KEY is not a PEM key"),
+        ("QUADRA_MODEL_SIGNING_KEY", "ed25519", "QUADRA_MODEL_SIGNING_KEY is not an ECDSA P-256 key"),
+    ],
+)
+def test_production_refuses_an_unusable_signing_key(monkeypatch: pytest.MonkeyPatch, setting: str, value: str, reason: str) -> None:
+    from quadra_pipeline.keys import generate
+
+    monkeypatch.setenv("QUADRA_ENV", "production")
+    monkeypatch.setenv("QUADRA_SECRET_KEY", GOOD_KEY)
+    monkeypatch.setenv(setting, generate("ed25519").private_pem.decode() if value == "ed25519" else value)
+    message = _error()
+    assert reason in message and "\n" not in message and "PRIVATE KEY" not in message
+
+
+def test_a_verify_key_that_is_not_the_signing_keys_own_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quadra_pipeline.keys import generate
+
+    set_production(monkeypatch, GOOD_KEY)
+    monkeypatch.setenv("QUADRA_MODEL_VERIFY_KEY", generate("ec-p256").public_pem.decode())
+    assert "QUADRA_MODEL_VERIFY_KEY is not the public key of QUADRA_MODEL_SIGNING_KEY" in _error()
 
 
 # .env.example ---------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
     from quadra_pipeline.registry import ModelRegistry, promote, register_and_mirror
 
-`client` wraps `mlflow.MlflowClient` (runs, metrics, registering, aliases, downloads);
-`service` keeps the registry and the SQL store's mirror (`model_versions`, alias history) in
-step. Importing this package does not import MLflow or torch; the first call does.
+`client` wraps `mlflow.MlflowClient` (runs, metrics, registering signed versions, aliases,
+downloads); `service` keeps the registry and the SQL store's mirror (`model_versions`, alias
+history) in step; `history` records the alias moves made outside the pipeline; `signing`
+signs and verifies model directories. Importing this package does not import MLflow or torch;
+the first call does.
 """
 
 from .client import (
@@ -18,9 +20,14 @@ from .client import (
     VersionInfo,
     code_version,
 )
-from .errors import RegistryError, RegistryUnavailableError, UnknownModelVersionError, mask_secrets
+from .errors import (
+    RegistryError,
+    RegistryUnavailableError,
+    UnknownModelVersionError,
+    mask_secrets,
+)
+from .history import EXTERNAL, AliasMove, alias_moves, champion_at, reconcile_aliases
 from .service import (
-    AliasMove,
     RegistryListing,
     default_actor,
     import_checkpoint,
@@ -29,12 +36,14 @@ from .service import (
     register_and_mirror,
     version_label,
 )
+from .signing import SignatureError
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "CHECKPOINT_ARTIFACT",
     "EXPERIMENT_NAME",
+    "EXTERNAL",
     "MODEL_NAME",
     "AliasMove",
     "ModelRegistry",
@@ -43,13 +52,17 @@ __all__ = [
     "RegistryListing",
     "RegistryUnavailableError",
     "UnknownModelVersionError",
+    "SignatureError",
     "VersionInfo",
+    "alias_moves",
+    "champion_at",
     "code_version",
     "default_actor",
     "import_checkpoint",
     "list_with_history",
     "mask_secrets",
     "promote",
+    "reconcile_aliases",
     "register_and_mirror",
     "version_label",
 ]

@@ -7,20 +7,26 @@ Tuesday" has an answer (`repository.alias_holder_at`).
 
 Consistency between the two systems, which cannot share a transaction:
 
-- register: the registry comes first (only it knows the new version number); the mirror row
-  and the `challenger` move are then written in one DB transaction. If that fails, the new
-  version is deleted from the registry again and `challenger` goes back to its previous holder.
+- register: the registry comes first (only it knows the new version number; the version is
+  signed as it is registered); then, in one DB transaction under the model's alias lock, the
+  mirror row and the `challenger` move are recorded and `challenger` is moved in MLflow. If that
+  fails, the new version is deleted from the registry again and `challenger` stays (or goes
+  back) where it was.
 - promote (and rollback, which is the same operation towards an older version): the version is
-  looked up in the registry first (unknown: refused, nothing changed); then, inside one DB
-  transaction, the move is recorded, the alias is set in MLflow, and the transaction commits.
+  looked up in the registry and its files checked against its signature first (unknown,
+  unsigned or altered: refused, nothing changed); then, inside one DB transaction under the
+  alias lock, the move is recorded, the alias is set in MLflow, and the transaction commits.
   If MLflow refuses, the transaction rolls back; if the commit fails after MLflow moved the
   alias, the alias is moved back. A version the registry has but the mirror lacks (registered
   before the mirror existed, or a new database) is mirrored from its registry tags first.
+
+Every pipeline move happens under the alias lock (`repository.lock_aliases`), and so does the
+comparison that records moves made outside the pipeline (`history.reconcile_aliases`): the
+comparison never sees a pipeline move half-made.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import getpass
 import math
 import os
@@ -29,15 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .client import (
-    CHALLENGER,
-    CHAMPION,
-    TAG_SHA256,
-    ModelRegistry,
-    RegisteredVersion,
-    VersionInfo,
-)
+from .client import ModelRegistry, RegisteredVersion, VersionInfo
 from .errors import RegistryError
+from .history import AliasMove, reconcile_aliases
+from .names import CHALLENGER, CHAMPION, TAG_SHA256
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -83,6 +84,7 @@ def register_and_mirror(
     metrics: Mapping[str, float] | None = None,
     training_run: Any = None,
     moved_by: str | None = None,
+    signed_as: str = "at registration",
 ) -> RegisteredVersion:
     """Register in MLflow (challenger moves to the new version), then write the mirror row and
     the challenger move to the store. If the store refuses, the registry is put back.
@@ -94,10 +96,13 @@ def register_and_mirror(
 
     actor = moved_by or _actor_for(tags)
     registered = registry.register(
-        run_id, model, checkpoint_path, tags=tags, description=description, metrics=metrics or {}
+        run_id, model, checkpoint_path, tags=tags, description=description, metrics=metrics or {},
+        signed_as=signed_as, move_challenger=False,
     )
+    moved_in_mlflow = False
     try:
         with session_scope(bind) as session:
+            repository.lock_aliases(session, registry.model_name)
             row = repository.register_model_version(
                 session,
                 version=version_label(registry.model_name, registered.version),
@@ -113,10 +118,12 @@ def register_and_mirror(
             repository.move_alias(
                 session, row, CHALLENGER, moved_by=actor, reason=f"registered version {registered.version}"
             )
+            registered.previous_challenger = registry.set_alias(CHALLENGER, registered.version)
+            moved_in_mlflow = True
     except BaseException as exc:
         label = version_label(registry.model_name, registered.version)
         try:
-            registry.discard(registered)
+            registry.discard(registered if moved_in_mlflow else _without_challenger(registered))
         except RegistryError as undo:
             raise RegistryError(
                 f"{label} is registered in MLflow but could not be recorded in the database ({exc}), "
@@ -128,6 +135,13 @@ def register_and_mirror(
             ) from exc
         raise
     return registered
+
+
+def _without_challenger(registered: RegisteredVersion) -> RegisteredVersion:
+    """The version as `discard` must undo it when `challenger` was never moved to it."""
+    from dataclasses import replace
+
+    return replace(registered, previous_challenger=None)
 
 
 # Promote / rollback ------------------------------------------------------------------------
@@ -146,21 +160,24 @@ def promote(
     store; returns the version that held the alias before (None if none did).
 
     Also the rollback: promoting an older version moves champion back to it. An unknown version
-    raises `UnknownModelVersionError` and changes nothing, in MLflow or in the database."""
+    raises `UnknownModelVersionError`, and a version whose files do not match its signature (or
+    that is unsigned) `SignatureError`, naming the version and the file; either changes nothing,
+    in MLflow or in the database."""
     from quadra_pipeline.store import repository, session_scope
 
-    info = registry.get_version(version)  # refuses unknown versions before any write
+    info = registry.verify_version(version)  # refuses unknown, unsigned or altered versions first
     actor = moved_by or default_actor()
     moved_in_mlflow = False
     previous: int | None = None
     try:
         with session_scope(bind) as session:
+            repository.lock_aliases(session, registry.model_name)
             row = _mirror_row(session, registry, info)
             if alias == CHAMPION:
                 repository.promote_version(session, row, alias=alias, moved_by=actor, reason=reason)
             else:
                 repository.move_alias(session, row, alias, moved_by=actor, reason=reason)
-            previous = registry.set_alias(alias, info.version)
+            previous = registry._set_alias(alias, info.version)
             moved_in_mlflow = True
     except BaseException:
         if moved_in_mlflow:  # the commit failed after MLflow moved: move it back
@@ -276,30 +293,13 @@ def import_checkpoint(
             description=description or f"imported from {source.name} ({loaded.format} format)",
             metrics=metrics,
             moved_by=moved_by or default_actor(),
+            signed_as="at import (an original checkpoint, signed as it was imported)"
+            if loaded.format == "original"
+            else "at import",
         )
 
 
 # List --------------------------------------------------------------------------------------
-
-
-@dataclass
-class AliasMove:
-    alias: str
-    from_version: str | None
-    to_version: str | None
-    moved_at: dt.datetime
-    moved_by: str | None
-    reason: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "alias": self.alias,
-            "from_version": self.from_version,
-            "to_version": self.to_version,
-            "moved_at": self.moved_at.isoformat(),
-            "moved_by": self.moved_by,
-            "reason": self.reason,
-        }
 
 
 @dataclass
@@ -324,17 +324,17 @@ class RegistryListing:
 
 
 def list_with_history(registry: ModelRegistry, bind: Bind) -> RegistryListing:
-    """Versions and aliases (from MLflow) with the alias history (from the store)."""
+    """Versions and aliases (from MLflow) with the alias history (from the store), after
+    recording the moves made outside the pipeline."""
     from quadra_pipeline.store import repository, session_scope
 
+    reconcile_aliases(registry, bind)
     versions = registry.list_versions()
     aliases = registry.aliases()
     with session_scope(bind) as session:
         rows = repository.list_model_versions(session, registry.model_name)
         events = repository.alias_history(session, registry.model_name)
-        history = [
-            AliasMove(e.alias, e.from_version, e.to_version, e.moved_at, e.moved_by, e.reason) for e in events
-        ]
+        history = [AliasMove.of(e) for e in events]
         store_aliases = {
             alias: row.registry_version for row in rows for alias in (row.aliases or [])
         }

@@ -9,6 +9,7 @@ model name of its own, so versions, aliases and alias history never mix between 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -25,6 +26,7 @@ import pytest
 import requests
 import torch
 
+from quadra_pipeline.keys import KeyPair, generate
 from quadra_pipeline.model import FieldTrainer, QuadraModel, save_checkpoint
 from quadra_pipeline.registry import ModelRegistry
 from quadra_pipeline.store import ensure_schema, make_engine
@@ -128,9 +130,15 @@ def model_name() -> str:
     return f"quadra-matrix-test-{_SESSION}-{next(_names)}"
 
 
+@pytest.fixture(scope="session")
+def signing_keys() -> KeyPair:
+    """A model-signing pair made for the test session (ECDSA P-256)."""
+    return generate("ec-p256")
+
+
 @pytest.fixture
-def registry(tracking: Tracking, model_name: str) -> ModelRegistry:
-    return ModelRegistry(tracking.uri, tracking.artifact_root, model_name=model_name)
+def registry(tracking: Tracking, model_name: str, signing_keys: KeyPair) -> ModelRegistry:
+    return ModelRegistry(tracking.uri, tracking.artifact_root, model_name=model_name, keys=signing_keys)
 
 
 @pytest.fixture(scope="session")
@@ -157,6 +165,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[QuadraModel, Path
     """A model and its checkpoint (ours), shared read-only."""
     model = make_model()
     return model, write_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", model)
+
+
+@contextlib.contextmanager
+def mlflow_fluent_api(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (`mlflow.pyfunc.load_model("models:/...")`, as a user of the
+    registry would call it) at `tracking_uri` for the block; the package itself never does."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from quadra_pipeline.registry import (
     promote,
     register_and_mirror,
 )
-from quadra_pipeline.registry.client import _version_number
+from quadra_pipeline.registry.versions import version_number as _version_number
 from quadra_pipeline.store import ModelAliasEvent, ModelVersion, session_scope
 from quadra_pipeline_tests.model.test_checkpoint import write_original
 
@@ -56,9 +56,9 @@ def test_the_password_in_a_server_uri_is_never_shown():
     assert "s3cret" not in repr(registry)
 
 
-def test_unreachable_server_registers_nothing(engine, trained, model_name, tmp_path):
+def test_unreachable_server_registers_nothing(engine, trained, model_name, tmp_path, signing_keys):
     model, checkpoint = trained
-    registry = ModelRegistry(UNREACHABLE, model_name=model_name)
+    registry = ModelRegistry(UNREACHABLE, model_name=model_name, keys=signing_keys)
     start = time.monotonic()
     with pytest.raises(RegistryUnavailableError, match="unreachable after 3 attempts"):
         register_and_mirror(registry, engine, run_id="0" * 32, model=model, checkpoint_path=checkpoint,

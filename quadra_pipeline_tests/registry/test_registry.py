@@ -27,7 +27,6 @@ from quadra_pipeline.registry import (
     register_and_mirror,
     version_label,
 )
-from quadra_pipeline.registry.client import _global_tracking_uri
 from quadra_pipeline.store import (
     ModelAliasEvent,
     ModelVersion,
@@ -38,6 +37,7 @@ from quadra_pipeline.store import (
     session_scope,
 )
 from quadra_pipeline_tests.model.test_checkpoint import write_original
+from quadra_pipeline_tests.registry.conftest import mlflow_fluent_api
 
 from .conftest import FIELD_SIZE, make_model, write_checkpoint
 
@@ -122,7 +122,7 @@ def test_model_loads_with_mlflow_pytorch_and_pyfunc(registry, engine, trained):
     vectors = np.random.default_rng(0).normal(0, 0.1, (4, FIELD_SIZE)).astype(np.float32)
     expected = QuadraPolicyModule.from_model(model)(torch.from_numpy(vectors)).numpy()
 
-    with _global_tracking_uri(registry.tracking_uri):
+    with mlflow_fluent_api(registry.tracking_uri):
         module = mlflow.pytorch.load_model(f"models:/{registry.model_name}/{registered.version}")
         pyfunc = mlflow.pyfunc.load_model(f"models:/{registry.model_name}@{CHALLENGER}")
     assert isinstance(module, QuadraPolicyModule)
@@ -359,7 +359,7 @@ def test_import_an_original_checkpoint(registry, engine, tmp_path, n):
     downloaded = registry.download_checkpoint(registered.version, tmp_path / "back.pth")
     assert downloaded.read_bytes() == original.read_bytes()  # the user's file, byte for byte
     assert load_checkpoint(downloaded).format == "original"
-    with _global_tracking_uri(registry.tracking_uri):
+    with mlflow_fluent_api(registry.tracking_uri):
         pyfunc = mlflow.pyfunc.load_model(registered.model_uri)
     assert pyfunc.predict(np.zeros((2, n), np.float32)).shape == (2, 3)
     with session_scope(engine) as session:
