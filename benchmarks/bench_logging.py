@@ -1,11 +1,14 @@
 """Overhead of per-batch metric logging (SQL store + MLflow) on training time, at N=100.
 
-    python benchmarks/bench_logging.py [--batches 60] [--repeats 3]
+    python benchmarks/bench_logging.py [--batches 60] [--repeats 3] [--database-url URL]
 
 Trains the same configuration with and without the metric logger the Dagster asset uses
-(`quadra_pipeline.tracking.MetricLogger`: bulk inserts into a SQLite `training_metrics`,
-`log_batch` into a SQLite MLflow store), alternating the two so machine noise hits both, and
-prints the median wall time of each and the overhead ratio. Target: at most 5%.
+(`quadra_pipeline.tracking.MetricLogger`: each batch's row committed to `training_metrics` when
+the batch ends, durable at once; `log_batch` into a SQLite MLflow store every `--flush-every`
+batches), alternating the two so machine noise hits both, and prints the median wall time of
+each, the logger's own writing time (measured inside it) and the overhead ratio. The project
+database is SQLite in a temp dir unless `--database-url` names another (e.g. PostgreSQL).
+Target: at most 5%.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--flush-every", type=int, default=10)
+    parser.add_argument("--database-url", help="project database (default: SQLite in a temp dir)")
     args = parser.parse_args()
 
     from quadra_pipeline.registry import ModelRegistry
@@ -33,7 +37,7 @@ def main() -> int:
     from quadra_pipeline.training import TrainingConfig, run_training
 
     work = Path(tempfile.mkdtemp(prefix="bench-logging-"))
-    engine = make_engine(f"sqlite:///{work / 'quadra.db'}")
+    engine = make_engine(args.database_url or f"sqlite:///{work / 'quadra.db'}")
     ensure_schema(engine)
     registry = ModelRegistry(f"sqlite:///{work / 'mlflow.db'}", work / "artifacts")
     registry.check_available()
@@ -61,11 +65,14 @@ def main() -> int:
 
     a, b = statistics.median(plain), statistics.median(logged)
     overhead = (b - a) / a
-    print(f"| N | batches | flush every | training s (median) | training + logging s | logging's own s | overhead |")
-    print("|---|---|---|---|---|---|---|")
+    own = statistics.median(flush_seconds)
+    database = engine.url.get_backend_name()
+    print("| N | batches | database | SQL commit | MLflow log_batch every | training s (median) | training + logging s "
+          "| logging's own s (share) | overhead |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| 100 | {args.batches} | {args.flush_every} | {a:.3f} | {b:.3f} | {statistics.median(flush_seconds):.3f} "
-        f"| {100 * overhead:+.1f}% |"
+        f"| 100 | {args.batches} | {database} | every batch | {args.flush_every} | {a:.3f} | {b:.3f} | "
+        f"{own:.3f} ({100 * own / a:.1f}%) | {100 * overhead:+.1f}% |"
     )
     verdict = "meets" if overhead <= TARGET else "MISSES"
     print(f"\nlogging overhead {100 * overhead:+.1f}% {verdict} the target of at most {100 * TARGET:.0f}%")

@@ -9,6 +9,7 @@ from .model import BatchMetrics
 
 
 def training_curve_png(metrics: Sequence[BatchMetrics], title: str = "training") -> bytes:
+    """`metrics`: anything with batch_number, loss and reward (BatchMetrics, TrainingMetric rows)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)

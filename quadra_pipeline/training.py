@@ -11,7 +11,7 @@ import csv
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -92,13 +92,18 @@ def run_training(
     resume: str | os.PathLike[str] | None = None,
     on_batch: Sequence[BatchCallback] = (),
     on_checkpoint: Callable[[Path, str, int], None] | None = None,
+    origin: Mapping[str, Any] | None = None,
 ) -> TrainingOutcome:
     """Train `config.batches` batches (counting those already in `resume`), checkpointing
-    every `config.checkpoint_every` batches and at the end, into `out_dir/checkpoint.pt`."""
+    every `config.checkpoint_every` batches and at the end, into `out_dir/checkpoint.pt`.
+
+    `origin` (JSON-able: which run wrote the checkpoint, e.g. its Dagster and MLflow run ids)
+    is kept in every checkpoint's progress, so a run resumed from it knows whose history the
+    batches before it belong to."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small ops dominate: one thread is fastest (spec section 9)
     try:
-        return _run(config, Path(out_dir), resume, on_batch, on_checkpoint)
+        return _run(config, Path(out_dir), resume, on_batch, on_checkpoint, dict(origin or {}))
     finally:
         torch.set_num_threads(threads)
 
@@ -109,6 +114,7 @@ def _run(
     resume: str | os.PathLike[str] | None,
     on_batch: Sequence[BatchCallback],
     on_checkpoint: Callable[[Path, str, int], None] | None,
+    origin: dict[str, Any],
 ) -> TrainingOutcome:
     checkpoint_path = out / CHECKPOINT_NAME
     trainer, rows_consumed, resumed_from, saved_source = _start(config, resume)
@@ -133,6 +139,8 @@ def _run(
 
     def save() -> str:
         progress = {"rows_consumed": rows_consumed, "batches_done": trainer.batches_done}
+        if origin:
+            progress["origin"] = origin
         try:
             sha = save_checkpoint(checkpoint_path, trainer, _checkpoint_config(config, source_description), progress)
         except CheckpointError as exc:

@@ -5,11 +5,13 @@ each SQLite database must pass `PRAGMA integrity_check` and hold the row counts 
 backup time (a PostgreSQL dump is restored into a scratch database on the same server,
 counted, and dropped); every restored file must hash to its manifest entry; the champion model named
 by the restored MLflow registry must be found in the restored artifacts with the SHA-256 its
-version is tagged with, and load and run.
+version is tagged with, its files must match its signature (model-signing, the public key
+from settings), and it must load and run.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -167,6 +169,10 @@ def _check_champion(service: BackupService, tree: Path, result: DrillResult) -> 
     if checkpoint is None or not checkpoint.exists():
         result.fail(f"champion version {version}: its checkpoint is not in the restored artifacts")
         return
+    signature = _check_signature(service, mlflow_db, int(version), _restored_artifact(service, tree, storage_location, ""))
+    if signature is not None:
+        result.fail(signature)
+        return
     actual = file_sha256(checkpoint)
     if actual != tagged_sha:
         result.fail(f"champion version {version}: checkpoint SHA-256 {actual[:12]} differs from the tagged {str(tagged_sha)[:12]}")
@@ -177,7 +183,34 @@ def _check_champion(service: BackupService, tree: Path, result: DrillResult) -> 
     except Exception as exc:  # the drill reports, it does not crash the check
         result.fail(f"champion version {version}: the restored checkpoint does not load ({exc})")
         return
-    result.checked["champion"] = {"version": int(version), "sha256": actual, "probe_update_field": figures.update_field}
+    result.checked["champion"] = {
+        "version": int(version), "sha256": actual, "signature": "verified", "probe_update_field": figures.update_field,
+    }
+
+
+def _check_signature(service: BackupService, mlflow_db: Path, version: int, model_dir: Path | None) -> str | None:
+    """The restored model directory against the version's signature (None: it verifies)."""
+    from ..keys import KeyProblem, model_signing_keys
+    from ..registry.versions import VersionInfo, verify_model_directory
+    from ..registry.signing import SignatureError
+
+    label = f"champion {MODEL_NAME} version {version}"
+    connection = sqlite3.connect(f"file:{mlflow_db}?mode=ro", uri=True)
+    try:
+        tags = dict(connection.execute(
+            "select key, value from model_version_tags where name = ? and version = ?", (MODEL_NAME, version)
+        ).fetchall())
+    finally:
+        connection.close()
+    if not tags.get("signature_sha256"):
+        return f"{label} is not signed (quadra model sign {version}), so the restored files cannot be verified"
+    try:
+        keys = model_signing_keys(service.settings)
+        info = VersionInfo(version, [], tags, dt.datetime.now(dt.timezone.utc), None, model_name=MODEL_NAME)
+        verify_model_directory(model_dir, info, keys, f"restored {label}")
+    except (SignatureError, KeyProblem) as exc:
+        return str(exc)
+    return None
 
 
 def _restored_artifact(service: BackupService, tree: Path, storage_location: str, relative: str) -> Path | None:

@@ -25,13 +25,19 @@ class MissingUpstreamError(Exception):
 
 
 def upstream_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict[str, Any]:
-    """Metadata of `key`'s materialisation in this run; if this run did not make one (the
-    asset was materialised on its own), the latest one on the instance."""
+    """Metadata of `key`'s materialisation in this run; for a re-execution or retry that did not
+    redo it, the one its parent run (or that run's parent, ...) made; otherwise (the asset was
+    materialised on its own) the latest one on the instance. A retried training run must train
+    on its own corpus, not on whatever corpus another run made in the meantime."""
     event = None
-    for record in context.instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
-        materialization = record.asset_materialization
-        if materialization is not None and materialization.asset_key == key:
-            event = record
+    run_id: str | None = context.run.run_id
+    while event is None and run_id is not None:
+        for record in context.instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+            materialization = record.asset_materialization
+            if materialization is not None and materialization.asset_key == key:
+                event = record
+        run = context.instance.get_run_by_id(run_id) if event is None else None
+        run_id = run.parent_run_id if run is not None else None
     if event is None:
         event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:

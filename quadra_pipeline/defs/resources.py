@@ -75,6 +75,7 @@ class RegistryResource(dg.ConfigurableResource):
         return self.ui_url or load_settings().mlflow_ui_url
 
     def registry(self):  # -> ModelRegistry (imported lazily: MLflow is a heavy import)
+        from ..keys import model_signing_keys
         from ..registry import ModelRegistry
 
         settings = load_settings()
@@ -83,6 +84,7 @@ class RegistryResource(dg.ConfigurableResource):
             self.artifact_root or str(settings.mlflow_artifact_root),
             max_retries=self.max_retries,
             timeout_seconds=self.timeout_seconds,
+            keys=model_signing_keys(settings),  # signs new versions, verifies before promotion
         )
 
 

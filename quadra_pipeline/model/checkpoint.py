@@ -203,6 +203,25 @@ def _looks_truncated(exc: BaseException) -> bool:
     )
 
 
+def non_finite_tensors(path: str | os.PathLike[str]) -> list[str]:
+    """Names of the checkpoint's floating-point tensors that hold NaN or inf, read from the file
+    itself (`load_checkpoint` refuses such a file; this says what is wrong with it)."""
+    payload = read_payload(path)
+    found: list[str] = []
+
+    def visit(name: str, value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                found.append(name)
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                visit(f"{name}.{key}" if name else str(key), item)
+
+    for key in ("nn1", "nn2", "nn3", "field", "trainer"):
+        visit(key, payload.get(key))
+    return found
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     """Load either format into a model (and, for ours, a trainer ready to resume)."""
     path = Path(path)

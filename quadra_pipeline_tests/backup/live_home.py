@@ -36,7 +36,7 @@ def build_live_home(home: Path, versions: int = 2) -> None:
     settings = load_settings(home=str(home))
     engine = make_engine(settings.database_url)
     ensure_schema(engine)
-    registry = ModelRegistry(settings.mlflow_tracking_uri, str(settings.mlflow_artifact_root))
+    registry = ModelRegistry.from_settings(settings)  # signs with the data home's own key pair
     for index in range(versions):
         with session_scope(engine) as session:
             run_id = start_training_run(session, field_size=16, seed=index).id

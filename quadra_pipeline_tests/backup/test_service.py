@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from quadra_pipeline_tests.production import set_production
+
 from quadra_pipeline.backup import BackupError, IntegrityError
 from quadra_pipeline.backup.service import BackupService
 from quadra_pipeline.settings import load_settings
@@ -81,8 +83,7 @@ def test_24_hourly_backups_of_an_unchanged_system_take_at_most_1_1x_one(service)
 
 
 def test_signed_in_production_and_a_wrong_key_is_caught(service, monkeypatch):
-    monkeypatch.setenv("QUADRA_ENV", "production")
-    monkeypatch.setenv("QUADRA_SECRET_KEY", KEY)
+    set_production(monkeypatch, KEY)
     signed = BackupService(load_settings())
     backup_id = signed.create().manifest.backup_id
     assert signed.repository.read_manifest(backup_id).signature

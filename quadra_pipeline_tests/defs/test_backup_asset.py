@@ -54,3 +54,22 @@ def test_backup_partition_materialises_with_integrity_and_restore_drill(instance
     engine.dispose()
     assert rows[0][0] == backup_id and rows[0][1] == "2026-11-29-10:00" and rows[0][2] == "verified"
     assert len(rows) == 2
+
+
+@pytest.mark.slow
+def test_the_restore_drill_verifies_the_champions_signature(instance, quadra_env):
+    """A champion whose checkpoint was altered in the artifact store (and so in the backup)
+    fails the drill, which names the version and the file."""
+    from quadra_pipeline_tests.registry.test_signing import flip_a_byte, stored_file
+    from quadra_pipeline.registry import ModelRegistry
+
+    defs = load_defs()
+    assert defs.resolve_job_def("training_job").execute_in_process(run_config=run_config(batches=3), instance=instance).success
+    flip_a_byte(stored_file(ModelRegistry.from_settings(), 1, "extra_files/checkpoint.pt"))
+    result = defs.resolve_job_def("backup_job").execute_in_process(instance=instance, partition_key="2026-11-29-10:00",
+                                                                   raise_on_error=False)
+    [drill] = [e.asset_check_evaluation_data for e in result.all_events
+               if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION and e.asset_check_evaluation_data.check_name == "restore_drill"]
+    assert not drill.passed
+    problems = drill.metadata["problems"].value
+    assert any("champion" in p and "version 1" in p for p in problems), problems

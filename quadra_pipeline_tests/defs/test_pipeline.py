@@ -153,9 +153,10 @@ def test_resume_from_a_checkpoint_and_roll_back_the_champion(instance, quadra_en
     first = job.execute_in_process(run_config=run_config(batches=6, checkpoint_every=3), instance=instance)
     assert first.success
     checkpoint = quadra_env / "checkpoints" / first.run_id / "checkpoint.pt"
-    resumed = job.execute_in_process(
-        run_config=run_config(batches=8, resume_from=str(checkpoint)), instance=instance, raise_on_error=False
-    )
+    config = run_config(batches=8, resume_from=str(checkpoint))
+    config["ops"]["registered_model"] = {"config": {"tolerance": 1.0}}  # this test is about resuming, not the gate
+    resumed = job.execute_in_process(run_config=config, instance=instance)
+    assert resumed.success
     checks = check_results(resumed)
     assert checks[("training_metrics", "one_row_per_batch")] and checks[("quadra_model", "weights_finite")]
     event = instance.get_latest_materialization_event(dg.AssetKey("quadra_model"))
@@ -164,11 +165,19 @@ def test_resume_from_a_checkpoint_and_roll_back_the_champion(instance, quadra_en
     assert event.asset_materialization.metadata["batches"].value == 8
     runs = store_rows("training_runs")
     metrics = store_rows("training_metrics")
-    second_run = next(r["id"] for r in runs if r["external_run_id"] == resumed.run_id)
-    assert sorted(m["batch_number"] for m in metrics if m["training_run_id"] == second_run) == [7, 8]
-
-    # Roll back: promote_model_job moves champion to version 1, recorded with who and why.
+    first_run, second_run = (next(r["id"] for r in runs if r["external_run_id"] == run.run_id) for run in (first, resumed))
+    assert sorted(m["batch_number"] for m in metrics if m["training_run_id"] == first_run) == [1, 2, 3, 4, 5, 6]
+    # The resumed run holds the whole history: 1..6 carried over (with their own times), 7..8 trained.
+    resumed_rows = sorted((m for m in metrics if m["training_run_id"] == second_run), key=lambda m: m["batch_number"])
+    assert [m["batch_number"] for m in resumed_rows] == list(range(1, 9))
+    first_rows = sorted((m for m in metrics if m["training_run_id"] == first_run), key=lambda m: m["batch_number"])
+    assert [m["timestamp"] for m in resumed_rows[:6]] == [m["timestamp"] for m in first_rows]
     reg = registry()
+    mlflow_run = next(r for r in runs if r["id"] == second_run)["mlflow_run_id"]
+    assert sorted(reg.metric_steps(mlflow_run, "loss")) == list(range(1, 9))
+    assert reg.alias_version("champion") == 2  # the resumed model became champion...
+
+    # ... and is rolled back: promote_model_job moves champion to version 1, recorded with who and why.
     assert [v.version for v in reg.list_versions()] == [1, 2]
     rollback = load_defs().resolve_job_def("promote_model_job").execute_in_process(
         run_config={"ops": {"promote_version": {"config": {"version": 1, "reason": "rollback drill"}}}}, instance=instance
@@ -225,3 +234,28 @@ def test_mlflow_down_between_training_and_registering_leaves_no_partial_version(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", good_uri)
     assert registry().list_versions() == []
     assert store_rows("model_versions") == []
+
+
+def test_weights_finite_reads_the_checkpoint_and_fails_on_a_nan_weight(instance, quadra_env):
+    """The check computes its answer from the file (load_checkpoint would refuse the file
+    before any check could look at it): a NaN written into a weight makes it fail, blocking."""
+    import torch
+
+    from quadra_pipeline.model.checkpoint import non_finite_tensors
+
+    trained = materialize_only(instance, "corpus", "quadra_model", "training_metrics", "system_state", run_config=run_config())
+    assert trained.success and check_results(trained)[("quadra_model", "weights_finite")]
+    path = Path(instance.get_latest_materialization_event(dg.AssetKey("quadra_model")).asset_materialization.metadata[
+        "checkpoint_path"].value)
+    payload = torch.load(path, weights_only=True)
+    payload["nn2"]["fc1.weight"][0, 0] = float("nan")
+    torch.save(payload, path)
+    assert non_finite_tensors(path) == ["nn2.fc1.weight"]
+
+    check_only = dg.define_asset_job(
+        "weights_only", selection=dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("quadra_model"), "weights_finite"))
+    )
+    job = dg.Definitions.merge(load_defs(), dg.Definitions(jobs=[check_only])).resolve_job_def("weights_only")
+    checked = job.execute_in_process(instance=instance, raise_on_error=False)
+    [evaluation] = [e.asset_check_evaluation_data for e in checked.all_events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
+    assert not evaluation.passed and evaluation.metadata["non_finite_tensors"].value == ["nn2.fc1.weight"]

@@ -6,6 +6,8 @@ import shutil
 import dagster as dg
 import pytest
 
+from quadra_pipeline_tests.production import set_production
+
 from quadra_pipeline.defs.resources import RegistryResource, StoreResource, resources_for
 from quadra_pipeline.settings import load_settings
 from quadra_pipeline_tests.defs.conftest import REPO_ROOT
@@ -15,8 +17,7 @@ GOOD_KEY = "9f" * 32
 
 
 def test_production_resources_read_the_urls_from_the_environment_at_run_time(quadra_env, monkeypatch):
-    monkeypatch.setenv("QUADRA_ENV", "production")
-    monkeypatch.setenv("QUADRA_SECRET_KEY", GOOD_KEY)
+    set_production(monkeypatch, GOOD_KEY)
     resources = resources_for(load_settings())
 
     @dg.asset

@@ -46,7 +46,8 @@ class GateConfig(dg.Config):
             "not_worse_than_champion",
             asset=REGISTERED,
             blocking=True,
-            description="The gate: the version's evaluation is not worse than the current champion's on the same data.",
+            description="The gate: the version's files match its signature, and its evaluation is not worse than "
+            "the current champion's on the same data.",
         ),
     ],
 )
@@ -54,6 +55,7 @@ def registered_model(
     context: dg.AssetExecutionContext, config: GateConfig, registry: RegistryResource, store: StoreResource
 ):
     from ...registry import CHAMPION as CHAMPION_ALIAS
+    from ...registry import SignatureError
     from ...registry.service import register_and_mirror
 
     trained = upstream_metadata(context, MODEL)
@@ -94,9 +96,17 @@ def registered_model(
         context.log.info(f"registered {reg.model_name} version {version_number} (challenger)")
 
     # The gate is decided before the materialisation is recorded, so that champion_model can
-    # refuse a version that failed it even when it is materialised on its own later.
+    # refuse a version that failed it even when it is materialised on its own later. A version
+    # whose files do not match its signature never passes.
     score = float(evaluation["gate_score"])
-    if champion_before is None or champion_before == version_number:
+    try:
+        reg.verify_version(version_number)
+        signature_problem = None
+    except SignatureError as exc:
+        signature_problem = str(exc)
+    if signature_problem:
+        passed, champion_score, reason = False, None, signature_problem
+    elif champion_before is None or champion_before == version_number:
         passed, champion_score = True, None
         reason = "no champion yet" if champion_before is None else "it is the champion already"
     else:
@@ -115,6 +125,7 @@ def registered_model(
             "gate_score": score,
             "gate_passed": passed,
             "gate_reason": reason,
+            "signature": "verified" if signature_problem is None else signature_problem,
             "champion_before": champion_before if champion_before is not None else "none",
         }
     )

@@ -1,24 +1,33 @@
 """Training: the model checkpoint, its per-batch metrics table and the system-state snapshot.
 
 One step trains and produces three assets, so lineage shows where the metrics and the state
-come from. Metrics go to `training_metrics` and to the MLflow run in batches while training
-runs; the materialisation carries the loss/reward curve, a link to the MLflow run and the
-final figures.
+come from. Each batch's metrics row is committed to `training_metrics` when the batch ends;
+the MLflow run gets them in groups. The materialisation carries the loss/reward curve, a link
+to the MLflow run and the final figures.
+
+A run that was killed is not lost: a run that resumes from its checkpoint (`resume_from`, or
+automatically when a Dagster run retries a failed one) carries the batches before the
+checkpoint over from the database, and the killed run's own MLflow run is completed from the
+database and closed, so both hold one row per batch.
 """
 
 
 import base64
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from ...data.snapshot import read_snapshot
 from ...model import load_checkpoint
+from ...model.checkpoint import CheckpointError, non_finite_tensors
 from ...plots import training_curve_png
-from ...tracking import MetricLogger, ProgressLog
-from ...training import TrainingConfig, run_training
+from ...tracking import MetricLogger, ProgressLog, complete_mlflow_run
+from ...training import CHECKPOINT_NAME, TrainingConfig, run_training
 from ..common import CORPUS, METRICS, MODEL, OWNER, SYSTEM_STATE, code_version, upstream_metadata
 from ..resources import DataHome, RegistryResource, StoreResource
+
+_FAILED_STATUSES = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 
 class TrainingRunConfig(dg.Config):
@@ -31,8 +40,12 @@ class TrainingRunConfig(dg.Config):
     learning_rate: float = Field(0.001, gt=0, le=1, description="Base learning rate (the accelerator scales it up to 10x).")
     checkpoint_every: int = Field(10, ge=1, le=1_000_000, description="Write a checkpoint every k batches.")
     log_every: int = Field(5, ge=1, le=1_000_000, description="Progress line in the run log every k batches.")
-    metrics_flush_every: int = Field(10, ge=1, le=10_000, description="Batches per bulk write of metrics (SQL and MLflow).")
-    resume_from: str | None = Field(None, description="Checkpoint (ours) to resume from; it must match these settings.")
+    metrics_flush_every: int = Field(10, ge=1, le=10_000, description="Batches per MLflow log_batch call (SQL gets every batch at once).")
+    resume_from: str | None = Field(
+        None,
+        description="Checkpoint (ours) to resume from; it must match these settings. Unset: a retry of a failed "
+        "run resumes from that run's last checkpoint.",
+    )
 
 
 def check_corpus_is_large_enough(training_rows: int, config: TrainingRunConfig) -> None:
@@ -53,6 +66,73 @@ def _quietly(context: dg.AssetExecutionContext, action) -> None:
 
 def _image_markdown(png: bytes) -> str:
     return f"![loss and reward per batch](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def resume_point(context: dg.AssetExecutionContext, config: TrainingRunConfig, home: Path) -> tuple[str | None, str]:
+    """Where this run starts: `resume_from`, or, for a retry or re-execution of a failed run
+    (Dagster's `parent_run_id`), that run's last checkpoint if it has batches left to train."""
+    if config.resume_from:
+        return config.resume_from, f"resuming from {config.resume_from}"
+    parent_id = context.run.parent_run_id
+    if not parent_id:
+        return None, ""
+    parent = context.instance.get_run_by_id(parent_id)
+    checkpoint = home / "checkpoints" / parent_id / CHECKPOINT_NAME
+    if parent is None or parent.status not in _FAILED_STATUSES or not checkpoint.is_file():
+        return None, ""
+    try:
+        done = int(load_checkpoint(checkpoint).progress.get("batches_done", 0))
+    except CheckpointError as exc:
+        context.log.warning(f"not resuming from the failed run's checkpoint: {exc}")
+        return None, ""
+    if done >= config.batches:
+        return None, ""
+    return str(checkpoint), f"retry of failed run {parent_id}: resuming from its last checkpoint (batch {done})"
+
+
+def close_orphaned_runs(context: dg.AssetExecutionContext, engine, reg) -> None:
+    """Training runs left "running" by a process that died (their Dagster run has ended):
+    MLflow gets the batches the database has and it lacks, then both are marked failed."""
+    from ...store import finish_training_run, list_training_runs, session_scope
+
+    with session_scope(engine) as session:
+        running = [(r.id, r.external_run_id, r.mlflow_run_id) for r in list_training_runs(session, status="running")]
+    for training_run_id, dagster_run_id, mlflow_run_id in running:
+        run = context.instance.get_run_by_id(dagster_run_id) if dagster_run_id else None
+        if run is None or not run.is_finished:
+            continue  # alive, or not a run of this instance: not ours to judge
+        sent = 0
+        if mlflow_run_id:
+            sent = complete_mlflow_run(reg, engine, training_run_id, mlflow_run_id)
+            if reg.run_status(mlflow_run_id) == "RUNNING":
+                reg.end_run(mlflow_run_id, "FAILED")
+        with session_scope(engine) as session:
+            finish_training_run(
+                session, training_run_id, status="failed",
+                error=f"Dagster run {dagster_run_id} ended ({run.status.value}) without closing this training run: its process died",
+            )
+        context.log.info(
+            f"closed training run {training_run_id} of dead Dagster run {dagster_run_id}: "
+            f"MLflow run completed with {sent} batch(es) from the database, both marked failed"
+        )
+
+
+def _predecessor(engine, checkpoint: str | None):
+    """(training run id that wrote `checkpoint`, its batches) when the database knows it."""
+    from ...store import UnknownRunError, get_training_run, session_scope
+
+    if checkpoint is None:
+        return None, 0
+    progress = load_checkpoint(checkpoint).progress
+    done = int(progress.get("batches_done", 0))
+    origin = progress.get("origin") or {}
+    if not origin.get("dagster_run_id"):
+        return None, done
+    with session_scope(engine) as session:
+        try:
+            return get_training_run(session, origin["dagster_run_id"]).id, done
+        except UnknownRunError:
+            return None, done
 
 
 @dg.multi_asset(
@@ -84,11 +164,10 @@ def _image_markdown(png: bytes) -> str:
         ),
     ],
     check_specs=[
-        dg.AssetCheckSpec("weights_finite", asset=MODEL, blocking=True, description="Every weight of the checkpoint is finite."),
         dg.AssetCheckSpec(
             "one_row_per_batch",
             asset=METRICS,
-            description="training_metrics and the MLflow run hold exactly one row per trained batch.",
+            description="training_metrics and the MLflow run hold exactly one row per batch of the model, 1..n.",
         ),
     ],
     can_subset=False,
@@ -101,10 +180,21 @@ def train_model(
     store: StoreResource,
     registry: RegistryResource,
 ):
-    from ...store import finish_training_run, metrics_for_run, save_system_state, session_scope, start_training_run
+    from ...store import (
+        copy_metrics,
+        finish_training_run,
+        metrics_for_run,
+        save_system_state,
+        session_scope,
+        set_mlflow_run,
+        start_training_run,
+    )
 
     snapshot = read_snapshot(upstream_metadata(context, CORPUS)["path"])
     check_corpus_is_large_enough(snapshot.training_rows, config)
+    resume_from, resume_reason = resume_point(context, config, data_home.path)
+    if resume_reason:
+        context.log.info(resume_reason)
     training = TrainingConfig(
         field_size=config.field_size,
         batches=config.batches,
@@ -118,6 +208,8 @@ def train_model(
     reg = registry.registry()
     reg.check_available()  # fail before training, not after, when MLflow is unreachable
     engine = store.engine()
+    close_orphaned_runs(context, engine, reg)
+    predecessor, resumed_at = _predecessor(engine, resume_from)
     run_id = context.run.run_id
     with session_scope(engine) as session:
         training_run_id = start_training_run(
@@ -125,24 +217,33 @@ def train_model(
             external_run_id=run_id,
             field_size=config.field_size,
             seed=config.seed,
-            config=training.as_dict(),
+            config={**training.as_dict(), "resume_from": resume_from},
             source={**snapshot.source, "snapshot": snapshot.fingerprint},
         ).id
     mlflow_run_id: str | None = None
+    logger: MetricLogger | None = None
     try:
         mlflow_run_id = reg.start_run(
             f"train-{run_id[:8]}",
-            tags={"dagster_run_id": run_id, "data_fingerprint": snapshot.fingerprint, "code_version": code_version()},
+            tags={"dagster_run_id": run_id, "data_fingerprint": snapshot.fingerprint, "code_version": code_version(),
+                  **({"resumed_from": resume_from} if resume_from else {})},
         )
+        with session_scope(engine) as session:
+            set_mlflow_run(session, training_run_id, mlflow_run_id)
+            inherited = copy_metrics(session, predecessor, training_run_id, through_batch=resumed_at) if predecessor else 0
+        if inherited:
+            complete_mlflow_run(reg, engine, training_run_id, mlflow_run_id)  # the carried-over batches
+            context.log.info(f"carried over the metrics of batches 1..{resumed_at} from training run {predecessor}")
         out_dir = data_home.checkpoint_dir(run_id)
         logger = MetricLogger(engine, training_run_id, reg, mlflow_run_id, flush_every=config.metrics_flush_every)
-        reg.log_params(mlflow_run_id, {**config.model_dump(), "data_fingerprint": snapshot.fingerprint})
+        reg.log_params(mlflow_run_id, {**config.model_dump(), "resume_from": resume_from, "data_fingerprint": snapshot.fingerprint})
         outcome = run_training(
             training,
             out_dir,
-            resume=config.resume_from,
+            resume=resume_from,
             on_batch=[logger, ProgressLog(context.log.info, config.batches, config.rows_per_batch, config.log_every)],
             on_checkpoint=lambda path, sha, done: context.log.info(f"checkpoint after batch {done}: {path} ({sha[:12]})"),
+            origin={"dagster_run_id": run_id, "mlflow_run_id": mlflow_run_id},
         )
         logger.close()
         if outcome.batches_done < config.batches:
@@ -150,11 +251,12 @@ def train_model(
                 f"the corpus ran out after {outcome.batches_done} of {config.batches} batches "
                 "(rows without usable text); raise the corpus's training_rows"
             )
-        png = training_curve_png(outcome.metrics, title=f"run {run_id[:8]}")
+        with session_scope(engine) as session:
+            history = metrics_for_run(session, training_run_id)  # carried over + trained here
+        png = training_curve_png(history, title=f"run {run_id[:8]}")
         curve_path = out_dir / "training_curve.png"
         curve_path.write_bytes(png)
         reg.log_artifact(mlflow_run_id, curve_path)
-        loaded = load_checkpoint(outcome.checkpoint)
         with session_scope(engine) as session:
             state_id = save_system_state(
                 session,
@@ -162,31 +264,35 @@ def train_model(
                 iteration_count=outcome.batches_done,
                 is_running=False,
                 is_initialized=True,
-                loss_history=[m.loss for m in outcome.metrics],
-                reward_history=[m.reward for m in outcome.metrics],
-                variance_history=[m.variance for m in outcome.metrics],
-                field_mean_history=[m.field_mean for m in outcome.metrics],
+                loss_history=[m.loss for m in history],
+                reward_history=[m.reward for m in history],
+                variance_history=[m.variance for m in history],
+                field_mean_history=[m.field_mean for m in history],
                 training_run=training_run_id,
             ).id
             finish_training_run(session, training_run_id, status="succeeded")
-            stored_rows = len(metrics_for_run(session, training_run_id))
-        mlflow_rows = reg.metric_history_length(mlflow_run_id, "loss")
+        mlflow_steps = sorted(reg.metric_steps(mlflow_run_id, "loss"))
         reg.end_run(mlflow_run_id, "FINISHED")
     except BaseException as exc:
-        # Close both records whatever failed (the database or MLflow may be the broken part);
-        # the original error is the one that propagates.
+        # Close both records whatever failed (the database or MLflow may be the broken part),
+        # after sending MLflow every batch that finished; the original error propagates.
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        if logger is not None:
+            _quietly(context, logger.close)
         _quietly(context, lambda: reg.end_run(mlflow_run_id, "FAILED") if mlflow_run_id else None)
 
         def mark_failed() -> None:
             with session_scope(engine) as session:
-                finish_training_run(session, training_run_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+                finish_training_run(session, training_run_id, status="failed", error=error)
 
         _quietly(context, mark_failed)
         raise
 
-    last = outcome.metrics[-1]
-    trained_here = len(outcome.metrics)
+    last = outcome.metrics[-1] if outcome.metrics else None
     run_url = reg.run_url(mlflow_run_id, registry.ui_base())
+    stored = [m.batch_number for m in history]
+    first = 1 if predecessor or outcome.resumed_from == 0 else outcome.resumed_from + 1
+    expected = list(range(first, outcome.batches_done + 1))
     yield dg.MaterializeResult(
         asset_key=MODEL,
         metadata={
@@ -200,9 +306,9 @@ def train_model(
             "resumed_from_batch": outcome.resumed_from,
             "rows_per_second": round(outcome.rows_per_second, 1),
             "seconds": round(outcome.seconds, 2),
-            "final_loss": last.loss,
-            "final_reward": last.reward,
-            "final_reward_per_item": last.reward_per_item,
+            "final_loss": history[-1].loss,
+            "final_reward": history[-1].reward,
+            "final_reward_per_item": last.reward_per_item if last else float("nan"),
             "data_fingerprint": snapshot.fingerprint,
             "corpus_path": dg.MetadataValue.path(str(snapshot.path)),
             "code_version": code_version(),
@@ -212,32 +318,52 @@ def train_model(
     yield dg.MaterializeResult(
         asset_key=METRICS,
         metadata={
-            "rows": stored_rows,
-            "mlflow_rows": mlflow_rows,
+            "rows": len(stored),
+            "mlflow_rows": len(mlflow_steps),
+            "carried_over_rows": inherited,
             "training_run_id": training_run_id,
             "mlflow_run": dg.MetadataValue.url(run_url),
-            "first_loss": outcome.metrics[0].loss,
-            "final_loss": last.loss,
+            "first_loss": history[0].loss,
+            "final_loss": history[-1].loss,
         },
     )
     yield dg.MaterializeResult(
         asset_key=SYSTEM_STATE,
         metadata={"system_state_id": state_id, "iteration_count": outcome.batches_done, "training_run_id": training_run_id},
     )
-    bad = [name for name, value in loaded.model.networks.state_dict().items() if value.is_floating_point() and not value.isfinite().all()]
-    yield dg.AssetCheckResult(
-        check_name="weights_finite",
-        asset_key=MODEL,
-        passed=not bad,
-        metadata={"non_finite_tensors": dg.MetadataValue.json(bad)},
-    )
     yield dg.AssetCheckResult(
         check_name="one_row_per_batch",
         asset_key=METRICS,
-        passed=stored_rows == trained_here == mlflow_rows,
-        metadata={"batches_trained": trained_here, "batches_requested": config.batches - outcome.resumed_from,
-                  "sql_rows": stored_rows, "mlflow_rows": mlflow_rows},
+        passed=stored == expected == mlflow_steps,
+        metadata={
+            "expected_batches": f"{first}..{outcome.batches_done}",
+            "batches_trained_here": len(outcome.metrics),
+            "carried_over": inherited,
+            "sql_rows": len(stored),
+            "mlflow_rows": len(mlflow_steps),
+            "history_before_the_checkpoint": "carried over" if predecessor or not outcome.resumed_from else
+            "not in the database (a checkpoint from outside the pipeline)",
+        },
     )
 
 
-__all__ = ["TrainingRunConfig", "train_model"]
+@dg.asset_check(
+    asset=MODEL,
+    name="weights_finite",
+    blocking=True,
+    description="Every floating-point tensor of the checkpoint (weights, field, trainer state) is finite, read from the file.",
+)
+def weights_finite(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    path = upstream_metadata(context, MODEL)["checkpoint_path"]
+    try:
+        bad = non_finite_tensors(path)
+    except CheckpointError as exc:
+        return dg.AssetCheckResult(passed=False, description=str(exc), metadata={"problem": str(exc)})
+    return dg.AssetCheckResult(
+        passed=not bad,
+        description=f"non-finite values in {', '.join(bad)}" if bad else "every tensor is finite",
+        metadata={"non_finite_tensors": dg.MetadataValue.json(bad), "checkpoint_path": dg.MetadataValue.path(path)},
+    )
+
+
+__all__ = ["TrainingRunConfig", "train_model", "weights_finite"]
