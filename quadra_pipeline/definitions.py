@@ -17,11 +17,14 @@ from .settings import load_settings
 def defs() -> dg.Definitions:
     load_dotenv(override=False)  # dg.EnvVar reads os.environ; the settings also read .env
     load_settings()  # fail the code location early, with one clear message, on bad settings
+    from .defs.runs.executor import quadra_in_process_executor
+
     return dg.Definitions.merge(
         _load_defs_folder(),
-        # Every job, including the one the UI builds for "Materialize", runs in one process:
-        # a process per step would re-import torch and MLflow (~10 s each here).
-        dg.Definitions(executor=dg.in_process_executor),
+        # Every job, including the one the UI builds for "Materialize", runs in one process (a
+        # process per step would re-import torch and MLflow, ~10 s each here), with waits for
+        # a pool slot that sleep, stop on a signal and free the slots of dead runs.
+        dg.Definitions(executor=quadra_in_process_executor),
     )
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dagster as dg
 
+from .runs.executor import quadra_in_process_executor
+
 from .common import TRAINING_TAG
 
 training_job = dg.define_asset_job(
     name="training_job",
     selection=dg.AssetSelection.groups("data", "training", "evaluation", "registry"),
     description="Corpus snapshot -> trained model (+ metrics, state) -> evaluation -> registered version -> champion.",
-    executor_def=dg.in_process_executor,
+    executor_def=quadra_in_process_executor,
     tags={TRAINING_TAG: "true"},
 )
 

@@ -33,7 +33,9 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
             for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
     schedules = {s.name: {"job": s.job_name, "cron": s.cron_schedule, "default_status": s.default_status.value}
                  for s in defs.schedules}
-    return {"assets": assets, "jobs": jobs, "schedules": schedules}
+    sensors = {s.name: {"interval_seconds": s.minimum_interval_seconds, "default_status": s.default_status.value}
+               for s in defs.sensors}
+    return {"assets": assets, "jobs": jobs, "schedules": schedules, "sensors": sensors}
 
 
 def test_asset_graph_matches_snapshot():

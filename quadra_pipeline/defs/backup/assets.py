@@ -13,6 +13,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from ..runs.executor import quadra_in_process_executor
+
 from ..common import CHAMPION, METRICS, MODEL, OWNER, REGISTERED, SYSTEM_STATE
 from ..resources import DataHome, StoreResource
 
@@ -90,7 +92,7 @@ backup_job = dg.define_asset_job(
     name="backup_job",
     selection=[BACKUP],
     partitions_def=hourly_partitions,
-    executor_def=dg.in_process_executor,
+    executor_def=quadra_in_process_executor,
     tags={BACKUP_TAG: "true"},
     description="Back up everything needed to recover, for one hour's partition.",
 )
