@@ -2,6 +2,7 @@
 (MLFLOW_TRACKING_URI), data home (QUADRA_HOME) and database (DATABASE_URL)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,48 @@ def test_promote_usage_errors(tmp_path, env):
     result = quadra("model", "promote", "zero", cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert "must be a version number such as 3 (or v3), got 'zero'" in one_error_line(result)
+
+
+def test_history_verify_sign_and_keygen(tmp_path, env):
+    """`quadra model history` finds a champion moved with a plain MlflowClient; `verify` exits 0
+    until a byte of the stored checkpoint flips, then 1 with one line naming the file, and
+    `promote` refuses the version; `keygen` writes a usable pair."""
+    from urllib.parse import unquote, urlparse
+
+    from mlflow import MlflowClient
+
+    from quadra_pipeline_tests.registry.test_signing import flip_a_byte
+
+    write_original(tmp_path / "a.pth", 24)
+    write_original(tmp_path / "b.pth", 24, seed=1)
+    for name in ("a.pth", "b.pth"):
+        quadra("model", "import", name, cwd=tmp_path, env=env, check=0)
+    quadra("model", "promote", "1", cwd=tmp_path, env=env, check=0)
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    client.set_registered_model_alias("quadra-matrix", "champion", "2")  # as the MLflow UI would
+
+    history = json.loads(quadra("model", "history", "--alias", "champion", "--json", cwd=tmp_path, env=env, check=0).stdout)
+    moves = [(m["from_version"], m["to_version"], m["moved_by"]) for m in history["history"]]
+    assert moves[-1] == ("quadra-matrix/1", "quadra-matrix/2", "external")
+    assert moves[0][2].startswith("cli:")
+    text = quadra("model", "history", cwd=tmp_path, env=env, check=0).stdout
+    assert "champion       1 -> 2     by external" in text
+
+    ok = quadra("model", "verify", "2", cwd=tmp_path, env=env, check=0)
+    assert "every file matches its signature (signed at import" in ok.stdout
+    location = client.get_model_version_download_uri("quadra-matrix", "2")
+    flip_a_byte(Path(unquote(urlparse(location).path)) / "extra_files" / "checkpoint.pt")
+    bad = quadra("model", "verify", "2", cwd=tmp_path, env=env)
+    assert bad.returncode == 1 and one_error_line(bad) == (
+        "quadra: error: quadra-matrix version 2 does not match its signature: extra_files/checkpoint.pt was changed")
+    refused = quadra("model", "promote", "2", cwd=tmp_path, env=env)
+    assert refused.returncode == 1 and "extra_files/checkpoint.pt was changed" in one_error_line(refused)
+
+    keys = quadra("model", "keygen", "--out", "k/signing.pem", cwd=tmp_path, env=env, check=0)
+    assert "QUADRA_MODEL_SIGNING_KEY_FILE=" in keys.stdout
+    assert oct((tmp_path / "k" / "signing.pem").stat().st_mode & 0o777) == "0o600"
+    again = quadra("model", "keygen", "--out", "k/signing.pem", cwd=tmp_path, env=env)
+    assert "already exists; refusing to overwrite a key" in one_error_line(again)
+    signed_elsewhere = quadra("model", "verify", "1", cwd=tmp_path,
+                              env={**env, "QUADRA_MODEL_SIGNING_KEY_FILE": str(tmp_path / "k" / "signing.pem")})
+    assert "signed with another key" in one_error_line(signed_elsewhere)

@@ -1,0 +1,54 @@
+"""`quadra`: the command line for what is not Dagster's job.
+
+    quadra train          train outside Dagster (debugging, benchmarks)
+    quadra model ...      probe a checkpoint; list, history, promote, import, verify, sign registered versions
+    quadra backup ...     create, list, verify, restore, export, import, prune backups
+    quadra db ...         migrate the project's database, print its schema revision
+
+Every error ends the program with a non-zero exit code and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from . import backup, db, model, train
+from ._common import EXIT_ERROR, _known_errors, _Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="quadra", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    for module in (train, model, backup, db):
+        module.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        from ..settings import load_settings
+
+        load_settings()  # every command refuses bad settings (e.g. production without a secret key)
+        return handler(args)
+    except KeyboardInterrupt:
+        print("quadra: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line, never a traceback, unless asked for
+        if os.environ.get("QUADRA_DEBUG"):
+            raise
+        if isinstance(exc, _known_errors()):
+            print(f"quadra: error: {exc}", file=sys.stderr)
+        else:
+            print(f"quadra: unexpected error: {type(exc).__name__}: {exc} (QUADRA_DEBUG=1 shows the traceback)",
+                  file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

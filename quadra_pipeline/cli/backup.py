@@ -1,0 +1,127 @@
+"""`quadra backup ...`: create, list, verify, restore, export, import and prune backups."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import EXIT_OK, CommandError, _Parser
+
+
+def _backup_service():
+    from ..backup.service import BackupService
+    from ..settings import load_settings
+
+    return BackupService(load_settings(), log_fn=lambda line: print(line, file=sys.stderr))
+
+
+def cmd_backup_create(args: argparse.Namespace) -> int:
+    result = _backup_service().create()
+    print(result.manifest.backup_id)
+    return EXIT_OK
+
+
+def cmd_backup_list(args: argparse.Namespace) -> int:
+    service = _backup_service()
+    repository = service.repository
+    from ..backup import BackupError
+
+    for backup_id in repository.backup_ids():
+        try:
+            manifest = repository.read_manifest(backup_id)
+        except BackupError as exc:
+            print(f"{backup_id}  DAMAGED  {exc}")
+            continue
+        signed = "signed" if manifest.signature else "unsigned"
+        print(f"{backup_id}  {manifest.created_at:%Y-%m-%d %H:%M:%S}Z  {len(manifest.files)} files  {manifest.total_bytes} bytes  {signed}")
+    return EXIT_OK
+
+
+def cmd_backup_verify(args: argparse.Namespace) -> int:
+    service = _backup_service()
+    if args.all and args.ids:
+        raise CommandError("give backup ids or --all, not both")
+    reports = service.verify(args.ids or None)
+    if not reports:
+        print(f"no backups in {service.repository.root}")
+        return EXIT_OK
+    bad = 0
+    for report in reports:
+        if report.ok:
+            print(f"{report.backup_id}  OK  {report.files_checked} files, {report.bytes_checked} bytes re-hashed")
+        else:
+            bad += 1
+            print(f"{report.backup_id}  FAILED  {'; '.join(report.problems)}")
+    if bad:
+        raise CommandError(f"{bad} of {len(reports)} backups failed verification")
+    return EXIT_OK
+
+
+def cmd_backup_restore(args: argparse.Namespace) -> int:
+    if args.in_place == (args.target is not None):
+        raise CommandError("restore needs exactly one of --target DIR or --in-place")
+    result = _backup_service().restore(args.backup_id, Path(args.target) if args.target else None, in_place=args.in_place)
+    where = "the live data home" if args.in_place else str(result.target)
+    print(f"restored {result.backup_id} into {where} ({result.files} files, {result.seconds:.2f} s)")
+    if result.moved_aside:
+        print(f"what was there before is in {result.moved_aside}")
+    return EXIT_OK
+
+
+def cmd_backup_export(args: argparse.Namespace) -> int:
+    service = _backup_service()
+    archive = service.repository.export(service.resolve(args.backup_id), Path(args.out))
+    print(f"{archive}  (check: cd {archive.parent} && sha256sum -c {archive.name}.sha256)")
+    return EXIT_OK
+
+
+def cmd_backup_import(args: argparse.Namespace) -> int:
+    manifest = _backup_service().repository.import_archive(Path(args.archive))
+    print(manifest.backup_id)
+    return EXIT_OK
+
+
+def cmd_backup_prune(args: argparse.Namespace) -> int:
+    result = _backup_service().prune(dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for backup_id in result.plan.delete:
+        print(f"{verb} {backup_id}")
+    print(f"{verb} {len(result.plan.delete)} backups, {result.removed_objects} unreferenced objects "
+          f"({result.freed_bytes} bytes); kept {len(result.plan.keep)}")
+    return EXIT_OK
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    backup = commands.add_parser("backup", help="backups with checksums: create, list, verify, restore, export, import, prune").add_subparsers(
+        dest="backup_command", metavar="COMMAND", required=True, parser_class=_Parser)
+    create = backup.add_parser("create", help="back up the databases, MLflow artifacts and checkpoints (prints the id)",
+                               description="Take a consistent backup of everything needed to recover.")
+    create.set_defaults(handler=cmd_backup_create)
+    listing = backup.add_parser("list", help="one line per backup, its id first", description="List complete backups, oldest first.")
+    listing.set_defaults(handler=cmd_backup_list)
+    verify = backup.add_parser("verify", help="re-hash and check signatures (default: all backups); non-zero on any problem",
+                               description="Verify backups: every object's SHA-256, sizes, the manifest's signature and name.")
+    verify.add_argument("ids", nargs="*", metavar="ID")
+    verify.add_argument("--all", action="store_true", help="every backup (the default)")
+    verify.set_defaults(handler=cmd_backup_verify)
+    restore = backup.add_parser("restore", help="verify, then restore into a new folder or over the live data home",
+                                description="Restore a backup (verified first; a tampered or corrupt backup is refused).")
+    restore.add_argument("backup_id", nargs="?", default="latest", metavar="ID|latest")
+    restore.add_argument("--target", metavar="DIR", help="a new or empty folder to restore into")
+    restore.add_argument("--in-place", action="store_true", help="restore over the live data home, moving what is there aside")
+    restore.set_defaults(handler=cmd_backup_restore)
+    export = backup.add_parser("export", help="one portable archive (+ .sha256 sidecar) for an off-site copy",
+                               description="Export a backup as a single archive with a sha256sum sidecar.")
+    export.add_argument("backup_id", metavar="ID|latest")
+    export.add_argument("--out", required=True, metavar="FILE")
+    export.set_defaults(handler=cmd_backup_export)
+    imported = backup.add_parser("import", help="bring an exported archive back (verified before it is added)",
+                                 description="Import an archive made by quadra backup export.")
+    imported.add_argument("archive", metavar="FILE")
+    imported.set_defaults(handler=cmd_backup_import)
+    prune = backup.add_parser("prune", help="apply the retention policy (hourly 7 d, daily 30 d, weekly 26 w, monthly 24 m)",
+                              description="Delete backups outside the retention policy and objects nothing references.")
+    prune.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+    prune.set_defaults(handler=cmd_backup_prune)
+
