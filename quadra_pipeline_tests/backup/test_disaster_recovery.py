@@ -1,6 +1,7 @@
 """The five scenarios of docs/DISASTER_RECOVERY.md, each broken for real and recovered with the
 commands the document gives, checking that nothing was lost and measuring recovery time."""
 
+import datetime as dt
 import json
 import shutil
 import signal
@@ -8,9 +9,28 @@ import subprocess
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from quadra_pipeline_tests.backup.live_home import DRILL_TIMES, QUADRA, build_live_home, cli_env, quadra, row_counts
+from quadra_pipeline_tests.defs.conftest import REPO_ROOT
+from quadra_pipeline_tests.defs.crash import (
+    batches_in_sql,
+    kill_group,
+    last_batch_logged,
+    mlflow_status,
+    mlflow_steps,
+    run_yaml,
+    runs_of,
+    start,
+    the_run,
+    training_run,
+    wait_for_line,
+)
+from quadra_pipeline_tests.defs.test_dagster_cli import BIN, environment
+
+DAGSTER = BIN / "dagster"
+EXECUTE = ["dagster", "job", "execute", "-m", "quadra_pipeline.definitions", "-j", "training_job"]
 
 pytestmark = pytest.mark.slow
 
@@ -57,13 +77,60 @@ def recover(scenario: str, checked: str, *commands, home: Path) -> float:
     return seconds
 
 
-def test_1_application_crash_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+def test_1_application_crash_a_dagster_training_run_killed_resumes_and_nothing_wedges(tmp_path):
+    """The runbook's scenario 1 with a Dagster run: `dagster job execute` killed with SIGKILL
+    between two checkpoints; every finished batch is in SQL; resumed with the runbook's command,
+    the killed run is failed and its pool slot freed without anyone touching the UI, its MLflow
+    run is completed from the database, the resumed run holds batches 1..60 in both, and the next
+    hourly backup runs too."""
+    env = environment(tmp_path)
+    log = tmp_path / "killed.log"
+    process = start([*EXECUTE, "-c", str(run_yaml(tmp_path / "run.yaml", 60))], env, log)
+    wait_for_line(log, r"checkpoint after batch 20", process)
+    wait_for_line(log, r"batch 2[4-9] of 60", process)
+    kill_group(process)  # the crash: SIGKILL, no clean-up of any kind
+    logged = last_batch_logged(log)
+    assert 24 <= logged < 30  # the kill landed after the second checkpoint, well before the last batch
+    [killed] = runs_of(env)
+    assert killed.status == dg.DagsterRunStatus.STARTED  # as a SIGKILL leaves it
+    dead = training_run(env, killed.run_id)
+    finished = batches_in_sql(env, dead["id"])
+    assert finished == list(range(1, len(finished) + 1)) and logged <= len(finished) <= logged + 1
+    assert mlflow_steps(env, dead["mlflow_run_id"]) == list(range(1, 21))  # its last group of 10 never went
+
+    checkpoint = Path(env["QUADRA_HOME"]) / "checkpoints" / killed.run_id / "checkpoint.pt"
+    resume = run_yaml(tmp_path / "resume.yaml", 60, resume_from=str(checkpoint))
+    started = time.monotonic()
+    result = subprocess.run([str(DAGSTER), *EXECUTE[1:], "-c", str(resume)], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    DRILL_TIMES.append(("1. application crash (Dagster training run killed, resumed)", seconds,
+                        "killed run failed and its slot freed; batches 1..60 once each in SQL and MLflow"))
+
+    assert the_run(env, killed.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert training_run(env, killed.run_id)["status"] == "failed"
+    assert mlflow_steps(env, dead["mlflow_run_id"]) == finished  # completed from the database
+    assert mlflow_status(env, dead["mlflow_run_id"]) == "FAILED"
+    [resumed] = [r for r in runs_of(env) if r.run_id != killed.run_id]
+    row = training_run(env, resumed.run_id)
+    assert batches_in_sql(env, row["id"]) == mlflow_steps(env, row["mlflow_run_id"]) == list(range(1, 61))
+    assert "resuming from" in result.stderr and "carried over the metrics of batches 1..20" in result.stderr
+    assert "Asset check 'one_row_per_batch' on 'training_metrics' passed" in result.stderr
+
+    hour = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).strftime("%Y-%m-%d-%H:00")  # the hour that ended
+    backup = subprocess.run([str(DAGSTER), "asset", "materialize", "--select", "backup", "--partition", hour,
+                             "-m", "quadra_pipeline.definitions"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert backup.returncode == 0, backup.stderr[-3000:]
+
+
+def test_1b_application_crash_mid_quadra_train_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("QUADRA_HOME", str(home))
     out = tmp_path / "run"
     args = ["train", "--field-size", 40, "--batches", 30, "--checkpoint-every", 5, "--out", out]
     process = subprocess.Popen([QUADRA, *map(str, args)], env=cli_env(home), cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "checkpoint.pt").exists():
         time.sleep(0.05)
@@ -71,7 +138,10 @@ def test_1_application_crash_mid_training_resumes_from_its_checkpoint(tmp_path, 
     process.send_signal(signal.SIGKILL)  # the crash
     process.wait()
     assert (out / "checkpoint.pt").exists()
-    recover("1. application crash (training killed, resumed)", "metrics 1..30 once each, equal to an uninterrupted run",
+    written = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert 5 <= len(written) < 30  # the kill landed after a checkpoint and before the last batch
+    assert not process.stdout.read()  # no summary: it never finished
+    recover("1b. quadra train killed, resumed", "metrics 1..30 once each, equal to an uninterrupted run",
             ["train", "--batches", 30, "--out", out, "--resume", out / "checkpoint.pt"], home=home)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["batch_number"] for r in rows] == list(range(1, 31))
