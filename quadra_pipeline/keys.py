@@ -5,9 +5,11 @@ key-based signer supports) and backup manifests (Ed25519). Each comes from setti
 private key (`QUADRA_<WHAT>_SIGNING_KEY`, PEM text, or `QUADRA_<WHAT>_SIGNING_KEY_FILE`) signs,
 the public key (`QUADRA_<WHAT>_VERIFY_KEY[_FILE]`, or derived from the private key) verifies,
 so a verifier that holds only the public key cannot forge. Production requires the signing keys
-(`settings.py`). Outside production a data home without configured keys gets its own pair under
-`$QUADRA_HOME/keys/` (mode 600, made once), so development signs like production does; backups
-never contain it (`*.pem` is excluded from every backed-up tree).
+(`settings.py`). Outside production a data home without a configured model key gets its own
+pair under `$QUADRA_HOME/keys/` (mode 600, made once), so development signs versions as
+production does (promotion requires a signature); backups never contain it (`*.pem` is excluded
+from every backed-up tree). Backups are unsigned outside production unless a key is configured:
+a key made on one machine would make its backups unverifiable on the next one.
 
 `quadra model keygen` and `quadra backup keygen` write new pairs.
 """
@@ -126,6 +128,19 @@ def model_signing_keys(settings: Settings) -> KeyPair:
         names=("QUADRA_MODEL_SIGNING_KEY", "QUADRA_MODEL_VERIFY_KEY"),
     )
     return pair or development_pair(settings.home, "model-signing", "ec-p256")
+
+
+def backup_signing_keys(settings: Settings) -> KeyPair | None:
+    """The backup-signing pair (Ed25519) of these settings; None when none is configured (backups
+    are then unsigned, which production does not allow)."""
+    return load_pair(
+        "ed25519",
+        private_text=_secret(settings.backup_signing_key),
+        private_file=settings.backup_signing_key_file,
+        public_text=settings.backup_verify_key,
+        public_file=settings.backup_verify_key_file,
+        names=("QUADRA_BACKUP_SIGNING_KEY", "QUADRA_BACKUP_VERIFY_KEY"),
+    )
 
 
 def _secret(value: object) -> str | None:

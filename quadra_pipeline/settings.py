@@ -30,7 +30,7 @@ class Environment(str, enum.Enum):
 
 
 #: Settings that name a key file (blank means unset).
-_KEY_FILES = ("model_signing_key_file", "model_verify_key_file")
+_KEY_FILES = ("model_signing_key_file", "model_verify_key_file", "backup_signing_key_file", "backup_verify_key_file")
 
 
 class Settings(BaseSettings):
@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     model_signing_key_file: Path | None = Field(None, alias="QUADRA_MODEL_SIGNING_KEY_FILE")
     model_verify_key: str | None = Field(None, alias="QUADRA_MODEL_VERIFY_KEY")
     model_verify_key_file: Path | None = Field(None, alias="QUADRA_MODEL_VERIFY_KEY_FILE")
+    # Backup-manifest signing (Ed25519): the private key signs, the public key alone verifies.
+    backup_signing_key: SecretStr | None = Field(None, alias="QUADRA_BACKUP_SIGNING_KEY")
+    backup_signing_key_file: Path | None = Field(None, alias="QUADRA_BACKUP_SIGNING_KEY_FILE")
+    backup_verify_key: str | None = Field(None, alias="QUADRA_BACKUP_VERIFY_KEY")
+    backup_verify_key_file: Path | None = Field(None, alias="QUADRA_BACKUP_VERIFY_KEY_FILE")
+    # The MLflow server's own database, when MLFLOW_TRACKING_URI is that server (http) and this
+    # process can reach its database: backups then include it.
+    mlflow_backend_uri: str | None = Field(None, alias="QUADRA_MLFLOW_BACKEND_URI", repr=False)
+    backup_dump_timeout: float = Field(3600.0, alias="QUADRA_BACKUP_DUMP_TIMEOUT", gt=0, le=7 * 24 * 3600)
+    # Deep verification re-reads 1/N of the stored chunks each run, all of them within N runs.
+    backup_verify_runs: int = Field(24, alias="QUADRA_BACKUP_VERIFY_RUNS", ge=1, le=100_000)
 
     # Model defaults (spec: field size 100, batch size ~10 rows, lr 0.001).
     field_size: int = Field(100, alias="QUADRA_FIELD_SIZE", ge=2, le=4096)
@@ -87,7 +98,8 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
-    @field_validator("secret_key", "model_signing_key", "model_verify_key", mode="before")
+    @field_validator("secret_key", "model_signing_key", "model_verify_key", "backup_signing_key", "backup_verify_key",
+                     "mlflow_backend_uri", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return value or None
@@ -99,15 +111,25 @@ class Settings(BaseSettings):
         problem = secret_key_problem(self.secret_key)
         if problem:
             raise ValueError(f"QUADRA_SECRET_KEY {problem} (required when QUADRA_ENV=production)")
+        from .keys import KeyProblem, backup_signing_keys, model_signing_keys
+
+        # One key at a time: present, then readable, the right kind, and its public key its own.
         if self.model_signing_key is None and self.model_signing_key_file is None:
             raise ValueError(
                 "QUADRA_MODEL_SIGNING_KEY (or QUADRA_MODEL_SIGNING_KEY_FILE) is not set (required when "
                 "QUADRA_ENV=production: every registered model version is signed; quadra model keygen makes a pair)"
             )
-        from .keys import KeyProblem, model_signing_keys
-
         try:
-            model_signing_keys(self)  # readable, the right kind, and the public key (if set) its own
+            model_signing_keys(self)
+        except KeyProblem as exc:
+            raise ValueError(str(exc)) from None
+        if self.backup_signing_key is None and self.backup_signing_key_file is None:
+            raise ValueError(
+                "QUADRA_BACKUP_SIGNING_KEY (or QUADRA_BACKUP_SIGNING_KEY_FILE) is not set (required when "
+                "QUADRA_ENV=production: every backup manifest is signed; quadra backup keygen makes a pair)"
+            )
+        try:
+            backup_signing_keys(self)
         except KeyProblem as exc:
             raise ValueError(str(exc)) from None
         return self

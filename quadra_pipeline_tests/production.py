@@ -10,7 +10,10 @@ from quadra_pipeline.keys import generate
 @functools.cache
 def signing_keys() -> dict[str, str]:
     """The signing keys production requires, as environment variables (PEM text)."""
-    return {"QUADRA_MODEL_SIGNING_KEY": generate("ec-p256").private_pem.decode()}
+    return {
+        "QUADRA_MODEL_SIGNING_KEY": generate("ec-p256").private_pem.decode(),
+        "QUADRA_BACKUP_SIGNING_KEY": generate("ed25519").private_pem.decode(),
+    }
 
 
 def production_environ(secret_key: str) -> dict[str, str]:

@@ -232,6 +232,32 @@ def test_production_refuses_an_unusable_signing_key(monkeypatch: pytest.MonkeyPa
     assert reason in message and "\n" not in message and "PRIVATE KEY" not in message
 
 
+def test_production_requires_a_backup_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_production(monkeypatch, GOOD_KEY)
+    monkeypatch.delenv("QUADRA_BACKUP_SIGNING_KEY")
+    message = _error()
+    assert "QUADRA_BACKUP_SIGNING_KEY (or QUADRA_BACKUP_SIGNING_KEY_FILE) is not set" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "reason"),
+    [
+        ("QUADRA_BACKUP_SIGNING_KEY", "ec-p256", "QUADRA_BACKUP_SIGNING_KEY is not an Ed25519 key"),
+        ("QUADRA_BACKUP_VERIFY_KEY", "ed25519-public", "QUADRA_BACKUP_VERIFY_KEY is not the public key of QUADRA_BACKUP_SIGNING_KEY"),
+        ("QUADRA_BACKUP_VERIFY_KEY_FILE", "/nonexistent/backup.pub", "QUADRA_BACKUP_VERIFY_KEY_FILE=/nonexistent/backup.pub: cannot read the key"),
+    ],
+)
+def test_production_refuses_an_unusable_backup_key(monkeypatch: pytest.MonkeyPatch, setting: str, value: str, reason: str) -> None:
+    from quadra_pipeline.keys import generate
+
+    set_production(monkeypatch, GOOD_KEY)
+    text = {"ec-p256": lambda: generate("ec-p256").private_pem.decode(),
+            "ed25519-public": lambda: generate("ed25519").public_pem.decode()}.get(value, lambda: value)()
+    monkeypatch.setenv(setting, text)
+    message = _error()
+    assert reason in message and "\n" not in message and "PRIVATE KEY" not in message
+
+
 def test_a_verify_key_that_is_not_the_signing_keys_own_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from quadra_pipeline.keys import generate
 
