@@ -1,14 +1,29 @@
-"""Backups: a content-addressed, signed, checksummed repository (pure Python; docs/BACKUP_FORMAT.md).
+"""Backups: content-defined chunks, signed manifests in a hash chain, checksummed (pure Python;
+docs/BACKUP_FORMAT.md).
 
-    repo = BackupRepository(root, secret_key, require_signature=production)
+    repo = BackupRepository(root, keys=backup_keys, require_signature=production)
     result = repo.create([SourceFile("db/quadra.db", copy_of_db), ...], sources={...})
     repo.verify(result.manifest.backup_id).ok
+    repo.history_problems()            # rollbacks, deleted or replayed backups
     repo.restore(backup_id, target_dir)
 """
 
-from .errors import BackupError, BackupLockedError, IntegrityError, UnknownBackupError, UnsafePathError
-from .manifest import FileEntry, Manifest, new_backup_id, sign, signature_ok
-from .repository import BackupRepository, CreateResult, GcResult, SourceFile, VerifyReport
+from .errors import (
+    BackupError,
+    BackupLockedError,
+    IntegrityError,
+    UnknownBackupError,
+    UnsafePathError,
+)
+from .repository import (
+    BackupRepository,
+    CreateResult,
+    GcResult,
+    SourceFile,
+    SourceStream,
+    VerifyReport,
+)
+from .tree import FileEntry
 
 __all__ = [
     "BackupError",
@@ -18,12 +33,9 @@ __all__ = [
     "FileEntry",
     "GcResult",
     "IntegrityError",
-    "Manifest",
     "SourceFile",
+    "SourceStream",
     "UnknownBackupError",
     "UnsafePathError",
     "VerifyReport",
-    "new_backup_id",
-    "sign",
-    "signature_ok",
 ]

@@ -1,12 +1,17 @@
 """The restore drill: prove a backup can be recovered, not only that its bytes are intact.
 
-Restores a backup into a temporary folder, then opens what came back as the system would:
+Restores what it checks into a scratch folder (each chunk and file checked against its SHA-256
+as it is written: one read of those bytes, no second pass) and opens it as the system would:
 each SQLite database must pass `PRAGMA integrity_check` and hold the row counts recorded at
-backup time (a PostgreSQL dump is restored into a scratch database on the same server,
-counted, and dropped); every restored file must hash to its manifest entry; the champion model named
-by the restored MLflow registry must be found in the restored artifacts with the SHA-256 its
-version is tagged with, its files must match its signature (model-signing, the public key
-from settings), and it must load and run.
+backup time; a PostgreSQL dump is restored into a scratch database on the same server, counted,
+and dropped; the champion named by the restored MLflow registry (SQLite file or scratch
+PostgreSQL database) is then restored from the backup's artifacts, must hash to the SHA-256 its
+version is tagged with, match its signature (model-signing, the public key from settings), and
+load and run. The rest of the backup's data is covered by the integrity check's rotation.
+
+A drill that cannot check something fails and says what (an MLflow database left out of the
+backup, a champion whose files are not in it); only a system where nothing was registered yet
+passes without a champion.
 """
 
 from __future__ import annotations
@@ -14,15 +19,25 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from ..model import file_sha256, load_checkpoint, probe
-from ..registry.client import MODEL_NAME
+from ..registry.names import MODEL_NAME
+from . import postgres
 from .errors import BackupError
 from .service import BackupService, table_counts
 from .sources import ARTIFACTS, MLFLOW_DB, PROJECT_DB
+
+_CHAMPION = (
+    "select v.version, v.storage_location from registered_model_aliases a "
+    "join model_versions v on v.name = a.name and v.version = a.version "
+    "where a.alias = 'champion' and a.name = :name"
+)
+_TAGS = "select key, value from model_version_tags where name = :name and version = :version"
 
 
 @dataclass
@@ -41,190 +56,191 @@ class DrillResult:
 def restore_drill(service: BackupService, backup_id: str, workdir: Path) -> DrillResult:
     started = time.perf_counter()
     result = DrillResult(backup_id)
-    tree = workdir / "restored"
     try:
-        manifest = service.repository.restore(backup_id, tree)
+        manifest = service.repository.read_manifest(backup_id)
+        tree = workdir / "databases"
+        service.repository.restore(backup_id, tree, select=lambda path: path.split("/", 1)[0] in (PROJECT_DB, MLFLOW_DB))
     except BackupError as exc:
         result.fail(f"restore failed: {exc}")
         result.seconds = time.perf_counter() - started
         return result
-
-    mismatched = [e.path for e in manifest.files if file_sha256(tree / e.path) != e.sha256]
-    result.checked["files_rehashed"] = len(manifest.files)
-    for path in mismatched:
-        result.fail(f"{path}: restored bytes do not match the manifest's SHA-256")
-
-    for part in (PROJECT_DB, MLFLOW_DB):
-        recorded = manifest.sources.get("parts", {}).get(part, {})
-        counts, path = recorded.get("tables"), recorded.get("path")
-        if recorded.get("kind") == "postgresql" and counts is not None and path:
-            url = service.settings.database_url if part == PROJECT_DB else service.settings.mlflow_tracking_uri
-            _check_postgres(result, part, tree / path, counts, url)
-            continue
-        if recorded.get("kind") != "sqlite" or counts is None or not path:
-            result.checked[part] = recorded.get("note") or f"{recorded.get('kind', 'absent')}: not opened by the drill"
-            continue
-        db = tree / path
-        try:
-            connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    result.checked["files_restored"] = sum(1 for e in manifest.files if e.path.split("/", 1)[0] in (PROJECT_DB, MLFLOW_DB))
+    parts = manifest.sources.get("parts", {})
+    registry: Any = None  # a callable running SQL on the restored MLflow database
+    scratch: list[tuple[str, str]] = []
+    try:
+        for part in (PROJECT_DB, MLFLOW_DB):
+            recorded = parts.get(part, {})
+            kind, path, counts = recorded.get("kind"), recorded.get("path"), recorded.get("tables")
+            if kind == "sqlite" and path and counts is not None:
+                query = _check_sqlite(result, tree / path, counts)
+            elif kind == "postgresql" and path and counts is not None:
+                url = service.settings.database_url if part == PROJECT_DB else (
+                    service.settings.mlflow_backend_uri or service.settings.mlflow_tracking_uri)
+                query = _check_postgres(result, part, tree / path, counts, url, scratch)
+            elif part == MLFLOW_DB and kind == "remote":
+                result.fail("cannot check the registry or the champion: the MLflow database is not in this backup "
+                            f"({recorded.get('note', 'remote')})")
+                continue
+            else:
+                result.checked[part] = recorded.get("note") or f"{kind or 'absent'}: nothing to open"
+                continue
+            if part == MLFLOW_DB:
+                registry = query
+        if registry is not None:
+            _check_champion(service, manifest, registry, workdir / "champion", result)
+    finally:
+        for url, name, engine in scratch:
+            engine.dispose()
             try:
-                status = connection.execute("pragma integrity_check").fetchone()[0]
-            finally:
-                connection.close()
-            actual = table_counts(db)
-        except sqlite3.Error as exc:
-            result.fail(f"{path}: cannot open the restored database ({exc})")
-            continue
-        if status != "ok":
-            result.fail(f"{path}: integrity_check says {status}")
-        if actual != counts:
-            differing = sorted(t for t in set(actual) | set(counts) if actual.get(t) != counts.get(t))
-            result.fail(f"{path}: row counts differ from the source in {', '.join(differing)}")
-        result.checked[path] = {"tables": len(actual), "rows": sum(actual.values())}
-
-    _check_champion(service, tree, result)
+                postgres.drop_database(url, name)
+            except Exception as exc:  # noqa: BLE001 - report, do not mask the drill's own result
+                result.checked.setdefault("cleanup", []).append(f"could not drop scratch database {name}: {exc}")  # type: ignore[union-attr]
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _check_postgres(result: DrillResult, part: str, dump: Path, counts: dict, url: str) -> None:
-    """Restore the dump into a scratch database on the same server, count its rows, drop it."""
-    import uuid
-
-    from sqlalchemy import create_engine
-
-    from ..store.session import normalize_url
-    from .sources import restore_pg_dump
-
-    base = normalize_url(url)
-    scratch = f"quadra_drill_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+def _check_sqlite(result: DrillResult, db: Path, counts: dict) -> Any:
+    rel = f"{db.parent.name}/{db.name}"
     try:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            with admin.connect() as connection:
-                connection.exec_driver_sql(f'CREATE DATABASE "{scratch}"')
-        except Exception as exc:
-            result.fail(f"{part}: cannot create a scratch database for the drill ({str(exc).splitlines()[0][:200]})")
-            return
-        scratch_url = base.set(database=scratch)
-        try:
-            restore_pg_dump(dump, scratch_url.render_as_string(hide_password=False))
-            engine = create_engine(scratch_url)
-            try:
-                with engine.connect() as connection:
-                    rows = connection.exec_driver_sql(
-                        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
-                        "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
-                    ).all()
-                    actual = {
-                        (table if schema == "public" else f"{schema}.{table}"):
-                        connection.exec_driver_sql(f'SELECT count(*) FROM "{schema}"."{table}"').scalar_one()
-                        for schema, table in rows
-                    }
-            finally:
-                engine.dispose()
-        except Exception as exc:
-            result.fail(f"{part}: the dump does not restore ({str(exc).splitlines()[0][:200]})")
-            return
+            status = connection.execute("pragma integrity_check").fetchone()[0]
         finally:
-            with admin.connect() as connection:
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-        if actual != counts:
-            differing = sorted(t for t in set(actual) | set(counts) if actual.get(t) != counts.get(t))
-            result.fail(f"{part}: row counts differ from the source in {', '.join(differing)}")
-        result.checked[part] = {"tables": len(actual), "rows": sum(actual.values()), "restored_into": "scratch PostgreSQL database"}
-    finally:
-        admin.dispose()
-
-
-def _check_champion(service: BackupService, tree: Path, result: DrillResult) -> None:
-    mlflow_db = tree / MLFLOW_DB / "mlflow.db"
-    if not mlflow_db.exists():
-        result.checked["champion"] = "no MLflow SQLite database in this backup"
-        return
-    connection = sqlite3.connect(f"file:{mlflow_db}?mode=ro", uri=True)
-    try:
-        row = connection.execute(
-            "select v.version, v.storage_location, t.value from registered_model_aliases a "
-            "join model_versions v on v.name = a.name and v.version = a.version "
-            "left join model_version_tags t on t.name = v.name and t.version = v.version and t.key = 'checkpoint_sha256' "
-            "where a.alias = 'champion' and a.name = ?",
-            (MODEL_NAME,),
-        ).fetchone()
-        artifact_tag = connection.execute(
-            "select value from model_version_tags where name = ? and version = ? and key = 'checkpoint_artifact'",
-            (MODEL_NAME, row[0]),
-        ).fetchone() if row else None
+            connection.close()
+        actual = table_counts(db)
     except sqlite3.Error as exc:
-        result.fail(f"cannot read the champion from the restored MLflow database ({exc})")
+        result.fail(f"{rel}: cannot open the restored database ({exc})")
+        return None
+    if status != "ok":
+        result.fail(f"{rel}: integrity_check says {status}")
+    _compare(result, rel, actual, counts)
+    result.checked[rel] = {"tables": len(actual), "rows": sum(actual.values())}
+
+    def query(sql: str, **params: Any) -> list[tuple]:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return connection.execute(sql, params).fetchall()
+        finally:
+            connection.close()
+
+    return query
+
+
+def _check_postgres(result: DrillResult, part: str, dump: Path, counts: dict, url: str, scratch: list) -> Any:
+    """Restore the dump into a scratch database on the same server, count its rows (dropped
+    when the drill ends)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"quadra_drill_{uuid.uuid4().hex[:12]}"
+    try:
+        scratch_url = postgres.create_database(url, name)
+    except Exception as exc:  # noqa: BLE001
+        result.fail(f"{part}: cannot create a scratch database for the drill ({str(exc).splitlines()[0][:200]})")
+        return None
+    engine = create_engine(scratch_url)
+    scratch.append((url, name, engine))
+    try:
+        postgres.restore_dump(dump, scratch_url)
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+                "AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+            ).all()
+            actual = {
+                (table if schema == "public" else f"{schema}.{table}"):
+                connection.exec_driver_sql(f'SELECT count(*) FROM "{schema}"."{table}"').scalar_one()
+                for schema, table in rows
+            }
+    except Exception as exc:  # noqa: BLE001
+        result.fail(f"{part}: the dump does not restore ({str(exc).splitlines()[0][:200]})")
+        return None
+    _compare(result, part, actual, counts)
+    result.checked[part] = {"tables": len(actual), "rows": sum(actual.values()), "restored_into": "scratch PostgreSQL database"}
+
+    def query(sql: str, **params: Any) -> list[tuple]:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(sql), params)]
+
+    return query
+
+
+def _compare(result: DrillResult, where: str, actual: dict, counts: dict) -> None:
+    if actual != counts:
+        differing = sorted(t for t in set(actual) | set(counts) if actual.get(t) != counts.get(t))
+        result.fail(f"{where}: row counts differ from the source in {', '.join(differing)}")
+
+
+def _check_champion(service: BackupService, manifest: Any, registry: Any, workdir: Path, result: DrillResult) -> None:
+    from ..keys import KeyProblem, model_signing_keys
+    from ..registry.signing import SignatureError
+    from ..registry.versions import VersionInfo, verify_model_directory
+
+    try:
+        rows = registry(_CHAMPION, name=MODEL_NAME)
+    except Exception as exc:  # noqa: BLE001 - a registry that cannot be read is a failed drill
+        result.fail(f"cannot read the champion from the restored MLflow database ({str(exc).splitlines()[0][:200]})")
         return
-    finally:
-        connection.close()
-    if row is None:
+    if not rows:
         result.checked["champion"] = "no champion registered yet"
         return
-    version, storage_location, tagged_sha = row
-    relative = artifact_tag[0] if artifact_tag else "extra_files/checkpoint.pt"
-    checkpoint = _restored_artifact(service, tree, storage_location, relative)
-    if checkpoint is None or not checkpoint.exists():
-        result.fail(f"champion version {version}: its checkpoint is not in the restored artifacts")
+    version, storage_location = int(rows[0][0]), rows[0][1]
+    tags = dict(registry(_TAGS, name=MODEL_NAME, version=version))
+    label = f"champion {MODEL_NAME} version {version}"
+    prefix = _artifact_prefix(service, storage_location)
+    if prefix is None:
+        result.fail(f"{label}: its files ({storage_location}) are not under the backed-up artifact root")
         return
-    signature = _check_signature(service, mlflow_db, int(version), _restored_artifact(service, tree, storage_location, ""))
-    if signature is not None:
-        result.fail(signature)
-        return
-    actual = file_sha256(checkpoint)
-    if actual != tagged_sha:
-        result.fail(f"champion version {version}: checkpoint SHA-256 {actual[:12]} differs from the tagged {str(tagged_sha)[:12]}")
+    if not any(e.path.startswith(prefix + "/") for e in manifest.files):
+        result.fail(f"{label}: its files ({prefix}/) are not in this backup")
         return
     try:
-        loaded = load_checkpoint(checkpoint)
-        figures = probe(loaded.model, count=20)
+        service.repository.restore(manifest.backup_id, workdir, select=lambda path: path.startswith(prefix + "/"))
+    except BackupError as exc:
+        result.fail(f"{label}: its files do not restore ({exc})")
+        return
+    model_dir = workdir / prefix
+    checkpoint = model_dir / tags.get("checkpoint_artifact", "extra_files/checkpoint.pt")
+    if not checkpoint.exists():
+        result.fail(f"{label}: its checkpoint is not in the restored artifacts")
+        return
+    actual = file_sha256(checkpoint)
+    if actual != tags.get("checkpoint_sha256"):
+        result.fail(f"{label}: checkpoint SHA-256 {actual[:12]} differs from the tagged {str(tags.get('checkpoint_sha256'))[:12]}")
+        return
+    if not tags.get("signature_sha256"):
+        result.fail(f"{label} is not signed (quadra model sign {version}), so its restored files cannot be verified")
+        return
+    try:
+        info = VersionInfo(version, [], tags, dt.datetime.now(dt.timezone.utc), None, model_name=MODEL_NAME)
+        verify_model_directory(model_dir, info, model_signing_keys(service.settings), f"restored {label}")
+    except (SignatureError, KeyProblem) as exc:
+        result.fail(str(exc))
+        return
+    try:
+        figures = probe(load_checkpoint(checkpoint).model, count=20)
     except Exception as exc:  # the drill reports, it does not crash the check
-        result.fail(f"champion version {version}: the restored checkpoint does not load ({exc})")
+        result.fail(f"{label}: the restored checkpoint does not load ({exc})")
         return
     result.checked["champion"] = {
-        "version": int(version), "sha256": actual, "signature": "verified", "probe_update_field": figures.update_field,
+        "version": version, "sha256": actual, "signature": "verified", "probe_update_field": figures.update_field,
     }
 
 
-def _check_signature(service: BackupService, mlflow_db: Path, version: int, model_dir: Path | None) -> str | None:
-    """The restored model directory against the version's signature (None: it verifies)."""
-    from ..keys import KeyProblem, model_signing_keys
-    from ..registry.versions import VersionInfo, verify_model_directory
-    from ..registry.signing import SignatureError
-
-    label = f"champion {MODEL_NAME} version {version}"
-    connection = sqlite3.connect(f"file:{mlflow_db}?mode=ro", uri=True)
-    try:
-        tags = dict(connection.execute(
-            "select key, value from model_version_tags where name = ? and version = ?", (MODEL_NAME, version)
-        ).fetchall())
-    finally:
-        connection.close()
-    if not tags.get("signature_sha256"):
-        return f"{label} is not signed (quadra model sign {version}), so the restored files cannot be verified"
-    try:
-        keys = model_signing_keys(service.settings)
-        info = VersionInfo(version, [], tags, dt.datetime.now(dt.timezone.utc), None, model_name=MODEL_NAME)
-        verify_model_directory(model_dir, info, keys, f"restored {label}")
-    except (SignatureError, KeyProblem) as exc:
-        return str(exc)
-    return None
-
-
-def _restored_artifact(service: BackupService, tree: Path, storage_location: str, relative: str) -> Path | None:
-    """Map a live artifact location (file:///<artifact root>/...) into the restored tree."""
+def _artifact_prefix(service: BackupService, storage_location: str) -> str | None:
+    """Where a version's files are in the restore tree: `mlartifacts/<path under the root>`.
+    `file:` locations (a local store) and `mlflow-artifacts:` ones (a server whose
+    --artifacts-destination is the artifact root) map; others are not backed up here."""
     parsed = urlparse(storage_location)
-    if parsed.scheme not in ("file", ""):
-        return None
-    live = Path(unquote(parsed.path))
-    root = service.settings.mlflow_artifact_root
-    try:
-        inside = live.relative_to(root)
-    except ValueError:
-        return None
-    return tree / ARTIFACTS / inside / relative
+    if parsed.scheme in ("file", ""):
+        try:
+            inside = Path(unquote(parsed.path)).relative_to(service.settings.mlflow_artifact_root)
+        except ValueError:
+            return None
+        return f"{ARTIFACTS}/{inside.as_posix()}".rstrip("/")
+    if parsed.scheme == "mlflow-artifacts":
+        return f"{ARTIFACTS}/{unquote(parsed.path).strip('/')}"
+    return None
 
 
 __all__ = ["DrillResult", "restore_drill"]

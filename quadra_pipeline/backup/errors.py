@@ -27,6 +27,11 @@ class UnsafePathError(BackupError):
     """A manifest or archive names a path outside the tree ('..', absolute), a symlink or a device."""
 
 
+def os_reason(exc: OSError) -> str:
+    """The readable part of an OSError ("No space left on device"), for one-line messages."""
+    return exc.strerror or str(exc)
+
+
 def summarize(subject: str, problems: list[str], limit: int = 3) -> str:
     """One line: '<subject>: N problems: first; second; third (and K more)'."""
     count = len(problems)

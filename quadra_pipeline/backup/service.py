@@ -1,19 +1,22 @@
-"""Backups of the live system: snapshot -> content-addressed repository -> catalogue.
+"""Backups of the live system: snapshot -> repository -> catalogue.
 
 This is what `quadra backup ...` and the Dagster backup asset call. It works with Dagster
-down and with the project database broken: the repository (manifests and objects under
-QUADRA_BACKUP_DIR) is the source of truth, and the `backups` table is a catalogue kept in
-step on a best-effort basis (a backup must not fail because the database it protects is
-the broken part).
+down and with the project database broken: the repository (manifests, chunks and the signed
+history under QUADRA_BACKUP_DIR) is the source of truth, and the `backups` table is a catalogue
+kept in step on a best-effort basis (a backup must not fail because the database it protects is
+the broken part). The catalogue is also the repository's second witness: `verify` reports
+backups it knows that the repository lost without a signed record (a rolled-back repository).
 
 Restore-tree layout (see `sources.py`): `project-db/`, `mlflow-db/`, `mlartifacts/`,
-`checkpoints/`. An in-place restore puts each back where the settings say it lives, after
-moving what was there aside into `<home>/restore-aside/<time>/`.
+`checkpoints/`. An in-place restore puts each back where the settings say it lives: files after
+moving what was there aside into `<home>/restore-aside/<time>/`; PostgreSQL databases by
+restoring into new databases and renaming them over the live ones.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -26,13 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Environment, Settings
+from . import postgres
 from .errors import BackupError, UnknownBackupError
+from .names import id_time
 from .repository import BackupRepository, CreateResult, VerifyReport
 from .retention import BackupInfo, RetentionPlan, RetentionPolicy, plan_retention
-from .sources import ARTIFACTS, CHECKPOINTS, MLFLOW_DB, PROJECT_DB, _snapshot_postgres, restore_pg_dump, take_snapshot
+from .sources import ARTIFACTS, CHECKPOINTS, MLFLOW_DB, PROJECT_DB, take_snapshot
 
 log = logging.getLogger(__name__)
 
+HISTORY = "history"  # the report about the repository's history (chain, head, records, catalogue)
 
 
 @dataclass
@@ -42,6 +48,7 @@ class PruneResult:
     removed_objects: int = 0
     freed_bytes: int = 0
     dry_run: bool = False
+    gc_skipped: str | None = None  # why unreferenced data was not collected (a backup it cannot read)
 
 
 @dataclass
@@ -51,6 +58,7 @@ class RestoreResult:
     seconds: float
     moved_aside: Path | None = None
     files: int = 0
+    stopped: list[str] = field(default_factory=list)  # sessions terminated to swap the databases
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -72,48 +80,23 @@ def table_counts(db_file: Path) -> dict[str, int]:
         connection.close()
 
 
-CATALOGUE_TABLE = "backups"
-
-
-def _leave_out_catalogue(files: list[Any], sources: dict[str, Any]) -> None:
-    """Empty the backup catalogue in the snapshot's copy of the project database.
-
-    Recording a backup changes the project database, so without this every backup of an
-    otherwise unchanged system would store a new copy of it. The catalogue is a mirror of the
-    repository (whose manifests are the truth) and is rebuilt from it after a restore; with
-    it emptied and the copy vacuumed, an unchanged database gives byte-identical copies.
-    """
-    part = sources.get("parts", {}).get(PROJECT_DB, {})
-    if part.get("kind") != "sqlite":
-        return
-    for item in files:
-        if item.path == part.get("path"):
-            connection = sqlite3.connect(item.source)
-            try:
-                if connection.execute("select 1 from sqlite_master where type='table' and name=?", (CATALOGUE_TABLE,)).fetchone():
-                    connection.execute(f"delete from {CATALOGUE_TABLE}")
-                    connection.commit()
-                    connection.execute("vacuum")
-            finally:
-                connection.close()
-            if isinstance(part.get("tables"), dict) and CATALOGUE_TABLE in part["tables"]:
-                part["tables"][CATALOGUE_TABLE] = 0
-            part["catalogue"] = "left out: rebuilt from the repository's manifests after a restore"
-
-
 class BackupService:
     def __init__(self, settings: Settings, *, catalogue_engine: Any | None = None, log_fn: Callable[[str], None] | None = None) -> None:
+        from ..keys import backup_signing_keys
+
         self.settings = settings
-        key = settings.secret_key.get_secret_value() if settings.secret_key else None
         self.repository = BackupRepository(
-            settings.backup_dir, key, require_signature=settings.env is Environment.production
+            settings.backup_dir,
+            keys=backup_signing_keys(settings),
+            hmac_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+            require_signature=settings.env is Environment.production,
         )
         self._engine = catalogue_engine
         self.log = log_fn or log.info
 
     # Catalogue (best effort) -------------------------------------------------------------
 
-    def _catalogue(self, action: Callable[[Any], None]) -> None:
+    def _catalogue(self, action: Callable[[Any], Any]) -> Any:
         try:
             from ..store import ensure_schema, make_engine, session_scope
 
@@ -121,9 +104,10 @@ class BackupService:
                 self._engine = make_engine(self.settings.database_url)
                 ensure_schema(self._engine)
             with session_scope(self._engine) as session:
-                action(session)
+                return action(session)
         except Exception as exc:  # the catalogue must never sink a backup or a restore
             self.log(f"backup catalogue not updated ({type(exc).__name__}: {str(exc)[:200]})")
+            return None
 
     def _close_catalogue(self) -> None:
         if self._engine is not None:
@@ -134,23 +118,31 @@ class BackupService:
 
     def create(self, partition_key: str | None = None) -> CreateResult:
         settings = self.settings
+        self.repository.policy.check_can_write()  # a verify-only host refuses before it snapshots
         with self.repository.lock():
             with take_snapshot(
                 database_url=settings.database_url,
                 mlflow_tracking_uri=settings.mlflow_tracking_uri,
+                mlflow_backend_uri=settings.mlflow_backend_uri,
                 mlflow_artifact_root=settings.mlflow_artifact_root,
                 checkpoint_dir=settings.checkpoint_dir,
                 workdir=settings.backup_dir,
+                secret=settings.secret_key.get_secret_value() if settings.secret_key else None,
+                dump_timeout=settings.backup_dump_timeout,
             ) as snapshot:
-                sources = dict(snapshot.sources)
-                _leave_out_catalogue(snapshot.files, sources)
+                sources = snapshot.sources
                 if partition_key:
                     sources["partition_key"] = partition_key
-                result = self.repository.create(snapshot.files, sources=sources)
+                if not snapshot.files:
+                    raise BackupError(
+                        f"nothing to back up: every source is absent or empty under the data home {settings.home} "
+                        f"({'; '.join(p.get('note', name) for name, p in sources['parts'].items())}); is QUADRA_HOME right?"
+                    )
+                result = self.repository.create(snapshot.files, sources=sources, use_stat_cache=True)
         manifest = result.manifest
         self.log(
             f"backup {manifest.backup_id}: {result.file_count} files, {result.total_bytes} bytes, "
-            f"{result.stored_bytes} new bytes stored, {result.seconds:.2f} s"
+            f"{result.stored_bytes} new bytes stored ({len(result.added_chunks)} new chunks), {result.seconds:.2f} s"
         )
 
         def record(session: Any) -> None:
@@ -184,14 +176,25 @@ class BackupService:
             raise UnknownBackupError(f"backup {backup_id!r} is not in {self.repository.root}")
         return backup_id
 
-    def verify(self, backup_ids: list[str] | None = None) -> list[VerifyReport]:
+    def verify(self, backup_ids: list[str] | None = None, *, deep: str = "subset", also_read: set[str] | None = None) -> list[VerifyReport]:
+        """Check backups (default: all) and the history they form. Every backup: manifest,
+        signature, sidecar, file list, every chunk present with its size; `deep`: re-read every
+        chunk ("all"), this run's share of a rotation that re-reads every stored chunk within
+        QUADRA_BACKUP_VERIFY_RUNS runs ("subset"), or none ("none"); `also_read`: chunks to
+        re-read too (what a backup just wrote). The last report, `history`, is the chain (head,
+        records) and the catalogue's cross-check."""
         ids = [self.resolve(i) for i in backup_ids] if backup_ids else self.repository.backup_ids()
-        reports = [self.repository.verify(i) for i in ids]
+        read: Any = "all" if deep == "all" else self._rotation() if deep == "subset" else set()
+        if read != "all" and also_read:
+            read = set(read) | set(also_read)
+        reports = [self.repository.verify(i, read=read) for i in ids]
+        history = self.repository.history_problems() + self._catalogue_problems()
+        reports.append(VerifyReport(HISTORY, not history, history, 0, 0))
 
         def mark(session: Any) -> None:
             from ..store.repository import get_backup_or_none, mark_backup
 
-            for report in reports:
+            for report in reports[:-1]:
                 if get_backup_or_none(session, report.backup_id) is not None:
                     mark_backup(session, report.backup_id, "verified" if report.ok else "failed",
                                 error=None if report.ok else "; ".join(report.problems)[:2000])
@@ -199,24 +202,58 @@ class BackupService:
         self._catalogue(mark)
         return reports
 
+    def _rotation(self) -> set[str]:
+        """This run's share of the stored chunks (1/N of them, a different share each run)."""
+        state = self.repository.root / "cache" / "verify-rotation.json"
+        runs = self.settings.backup_verify_runs
+        try:
+            position = int(json.loads(state.read_text())["next"]) % runs
+        except (OSError, ValueError, KeyError, TypeError):
+            position = 0
+        chosen = {sha for sha, _ in self.repository.chunks.iter_stored() if int(sha[:8], 16) % runs == position}
+        try:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            state.write_text(json.dumps({"next": (position + 1) % runs, "of": runs}))
+        except OSError:
+            pass  # only the rotation's place
+        return chosen
+
+    def _catalogue_problems(self) -> list[str]:
+        """Backups the catalogue knows (not deleted) that the repository lost without a record."""
+
+        def check(session: Any) -> list[str]:
+            from ..store.repository import list_backups
+
+            present = set(self.repository.backup_ids())
+            pruned = set(self.repository.history.records().pruned)
+            return [
+                f"backup {b.backup_id} is in the catalogue but not in the repository, and no signed record says it "
+                "was pruned (the repository was rolled back or replaced by an older copy?)"
+                for b in list_backups(session, newest_first=False)
+                if b.status != "deleted" and b.location == str(self.repository.root)
+                and b.backup_id not in present and b.backup_id not in pruned
+            ]
+
+        return self._catalogue(check) or []
+
     def _created_at(self, backup_id: str) -> dt.datetime:
-        """The manifest's time; for a damaged manifest, the time its id was made from (so one
-        bad backup cannot stop retention: it is simply not the newest verified one)."""
+        """The manifest's time; for a damaged manifest, the time its id was made from, or the
+        manifest file's modification time (so one bad backup cannot stop retention)."""
         try:
             return self.repository.read_manifest(backup_id).created_at
         except BackupError as exc:
-            self.log(f"backup {backup_id} is damaged ({exc}); retention dates it by its id")
-            return dt.datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
-
-    def newest_verified(self) -> str | None:
-        for backup_id in reversed(self.repository.backup_ids()):
-            if self.repository.verify(backup_id).ok:
-                return backup_id
-        return None
+            self.log(f"backup {backup_id} is damaged ({exc}); retention dates it by its id or file time")
+        when = id_time(backup_id)
+        if when is not None:
+            return when
+        try:
+            return dt.datetime.fromtimestamp(self.repository.manifest_path(backup_id).stat().st_mtime, dt.timezone.utc)
+        except OSError:
+            return dt.datetime.fromtimestamp(0, dt.timezone.utc)
 
     # Restore ---------------------------------------------------------------------------
 
-    def restore(self, backup_id: str, target: Path | None = None, *, in_place: bool = False) -> RestoreResult:
+    def restore(self, backup_id: str, target: Path | None = None, *, in_place: bool = False, stop_writers: bool = False) -> RestoreResult:
         """Restore into `target` (a new folder), or over the live data home (`in_place`)."""
         started = time.perf_counter()
         backup_id = self.resolve(backup_id)
@@ -232,42 +269,50 @@ class BackupService:
             staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=self.settings.home))
             tree = staging / "tree"
             try:
-                manifest = self.repository.restore(backup_id, tree)  # verifies first; raises before touching anything
+                manifest = self.repository.restore(backup_id, tree)  # checks first; raises before touching anything
                 self._close_catalogue()  # no connection of ours may hold the files being swapped
-                aside = self._put_back(tree, manifest)
+                aside, stopped = self._put_back(tree, stop_writers)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         self.sync_catalogue()
         self.log(f"restored {backup_id} in place; previous data moved to {aside}")
-        return RestoreResult(backup_id, self.settings.home, time.perf_counter() - started, aside, len(manifest.files))
+        return RestoreResult(backup_id, self.settings.home, time.perf_counter() - started, aside, len(manifest.files), stopped)
 
-    def _put_back(self, tree: Path, manifest: Any) -> Path:
+    def _put_back(self, tree: Path, stop_writers: bool) -> tuple[Path, list[str]]:
         """Move each restored piece to where the settings say it lives, after moving what is
-        there aside. All or nothing: if a move or a pg_restore fails, the moves made so far are
-        undone, so the live data home is as it was (pg_restore runs in one transaction)."""
+        there aside; restore PostgreSQL dumps into new databases and swap them in. All or
+        nothing: if a move, a restore or the swap fails, what was done is undone."""
         settings = self.settings
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         (settings.home / "restore-aside").mkdir(parents=True, exist_ok=True)
         aside = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=settings.home / "restore-aside"))  # unique per restore
         moves: list[tuple[Path, Path]] = []  # (restored, live)
-        dumps: list[tuple[Path, str, str, str]] = []  # (pg dump, database URL, folder, stem)
-        for folder, url in ((PROJECT_DB, settings.database_url), (MLFLOW_DB, settings.mlflow_tracking_uri)):
+        dumps: list[tuple[Path, str]] = []  # (dump, live database URL)
+        mlflow_url = settings.mlflow_backend_uri if settings.mlflow_tracking_uri.startswith(("http://", "https://")) else settings.mlflow_tracking_uri
+        for folder, url in ((PROJECT_DB, settings.database_url), (MLFLOW_DB, mlflow_url)):
             restored = tree / folder
             if not restored.exists():
                 continue
-            db_file = sqlite_path(url)
+            db_file = sqlite_path(url) if url else None
             for item in restored.iterdir():
                 if item.suffix == ".db" and db_file is not None:
                     moves.append((item, db_file))
-                elif item.suffix == ".pgdump" and db_file is None:
-                    dumps.append((item, url, folder, item.stem))
+                elif item.suffix in (".sql", ".pgdump") and url and db_file is None:
+                    dumps.append((item, url))
                 else:
-                    raise BackupError(f"{item.name} in {folder}/ does not match the configured database ({url.split(':', 1)[0]})")
+                    raise BackupError(f"{item.name} in {folder}/ does not match the configured database ({(url or 'none').split(':', 1)[0]})")
         for folder, live in ((ARTIFACTS, settings.mlflow_artifact_root), (CHECKPOINTS, settings.checkpoint_dir)):
             if (tree / folder).exists():
                 moves.append((tree / folder, live))
+        created: list[tuple[str, str]] = []  # (live URL, new database) restored, not yet swapped in
         done: list[tuple[Path, Path]] = []  # (from, to), in the order made, to undo on failure
+        stopped: list[str] = []
         try:
+            for dump, url in dumps:  # first the slow, fallible part, into new databases
+                name = f"{postgres.parse(url, 'database').database}_restore_{stamp.lower()}"
+                new_url = postgres.create_database(url, name)
+                created.append((url, name))
+                postgres.restore_dump(dump, new_url, timeout=settings.backup_dump_timeout)
             for restored, live in moves:
                 for suffix in ("", "-wal", "-shm"):
                     current = live.with_name(live.name + suffix)
@@ -280,15 +325,23 @@ class BackupService:
                 live.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(restored), str(live))
                 done.append((restored, live))
-            for dump, url, folder, stem in dumps:
-                # "Moving aside" a PostgreSQL database: dump it as it is now, next to the files.
-                _snapshot_postgres(url, folder, stem, "live database before the restore", aside)
-                restore_pg_dump(dump, url)
+            if created:  # the live databases become <name>_aside_<time>; the restored ones take their names
+                stopped = postgres.swap_databases(created, f"_aside_{stamp.lower()}", stop_others=stop_writers)
+                (aside / "databases.txt").write_text(
+                    "".join(f"{postgres.parse(u, 'database').database} -> {postgres.parse(u, 'database').database}_aside_{stamp.lower()}\n"
+                            for u, _ in created)
+                )
+                created = []
         except BaseException:
             for source, destination in reversed(done):
                 shutil.move(str(destination), str(source))
+            for url, name in created:
+                try:
+                    postgres.drop_database(url, name)
+                except Exception as exc:  # noqa: BLE001 - the original error matters more
+                    self.log(f"could not drop the half-restored database {name}: {exc}")
             raise
-        return aside
+        return aside, stopped
 
     def sync_catalogue(self) -> None:
         """Add a catalogue row for every backup in the repository that has none."""
@@ -323,20 +376,25 @@ class BackupService:
     def prune(self, *, dry_run: bool = False, now: dt.datetime | None = None, policy: RetentionPolicy | None = None) -> PruneResult:
         now = now or dt.datetime.now(dt.timezone.utc)
         with self.repository.lock():
-            # Only the newest backup that verifies now counts as verified: re-hashing every
-            # backup would cost as much as the backups themselves, and the policy needs to
-            # know just which one must never go.
-            newest = self.newest_verified()
-            infos = [BackupInfo(i, self._created_at(i), i == newest) for i in self.repository.backup_ids()]
+            # Every backup is checked (manifest, signature, file list, its data present with the
+            # right sizes: no data re-read), so "prefer a verified backup" means what it says.
+            infos = []
+            for backup_id in self.repository.backup_ids():
+                verified = self.repository.verify(backup_id, read="none").ok
+                infos.append(BackupInfo(backup_id, self._created_at(backup_id), verified))
             plan = plan_retention(infos, now, policy or RetentionPolicy())
             result = PruneResult(plan, dry_run=dry_run)
             for backup_id in plan.delete:
                 self.log(f"{'would delete' if dry_run else 'deleting'} backup {backup_id} (outside the retention policy)")
-                if not dry_run:
-                    self.repository.delete(backup_id)
-                    result.deleted.append(backup_id)
-            gc = self.repository.gc(dry_run=dry_run)
-            result.removed_objects, result.freed_bytes = len(gc.removed), gc.freed_bytes
+            if not dry_run and plan.delete:
+                self.repository.delete_many(plan.delete)  # one signed record for all of them
+                result.deleted = list(plan.delete)
+            try:
+                gc = self.repository.gc(dry_run=dry_run)
+                result.removed_objects, result.freed_bytes = len(gc.removed), gc.freed_bytes
+            except BackupError as exc:  # retention still applies; collecting waits for the damage to be fixed
+                result.gc_skipped = str(exc)
+                self.log(f"unreferenced data not collected: {exc}")
         if not dry_run and result.deleted:
 
             def mark(session: Any) -> None:

@@ -12,42 +12,36 @@ removes it.
 Restore-tree layout
 -------------------
     project-db/quadra.db        the project database, SQLite         (online backup API copy)
-    project-db/quadra.pgdump    the project database, PostgreSQL     (pg_dump --format=custom)
+    project-db/quadra.sql       the project database, PostgreSQL     (pg_dump --format=plain, streamed)
     mlflow-db/mlflow.db         the MLflow tracking/registry database, SQLite
-    mlflow-db/mlflow.pgdump     the MLflow tracking/registry database, PostgreSQL
+    mlflow-db/mlflow.sql        the MLflow tracking/registry database, PostgreSQL
     mlartifacts/...             the MLflow artifact root, relative paths kept
     checkpoints/...             the model checkpoints, relative paths kept
     <name>/...                  each of `extra_dirs` (name -> folder), same rules as the trees
+(Format-2 backups hold `*.pgdump`, pg_dump's custom format, instead of `*.sql`.)
 
 How each source is taken
 ------------------------
 - SQLite: through the online backup API (`sqlite3.Connection.backup`, all pages in one step, so
   under one read transaction), never a raw copy of the live file: the copy is a consistent
-  database even while other processes write (WAL or rollback journal). The copy is switched to
-  `journal_mode=DELETE` so it is one self-contained file (the live journal mode is recorded;
-  `make_engine` turns WAL back on when the restored file is opened), and must pass
-  `PRAGMA quick_check`. The copy of an unchanged database is byte-identical every time, so the
-  content-addressed repository stores it once.
-- PostgreSQL: `pg_dump --format=custom` with the connection from the URL; the password goes in
-  the `PGPASSWORD` environment variable, never on the command line. The dump runs in a snapshot
-  exported from a REPEATABLE READ transaction (`pg_export_snapshot`), and the Alembic revision
-  and the row counts recorded in `sources` are read in that same snapshot, so they describe
-  exactly what the dump holds. A custom-format dump carries its creation time, so (unlike the
-  SQLite copy) an unchanged PostgreSQL database gives a new dump, and new stored bytes, each time.
-  `restore_pg_dump` puts a dump back (`pg_restore --clean --if-exists --single-transaction`).
+  database even while other processes write. It is switched to `journal_mode=DELETE` so it is
+  one self-contained file (`make_engine` turns WAL back on when the restored file is opened),
+  the backup catalogue's rows are left out (`CATALOGUE_TABLE`), and it must pass
+  `PRAGMA quick_check`. An unchanged database copies to the same bytes every time.
+- PostgreSQL: `postgres.dump_stream`, read by the repository as it stores it (a plain dump in
+  an exported snapshot; the catalogue's rows left out there too).
 - MLflow: the tracking database (`sqlite:///...` or PostgreSQL, as above) and the local artifact
-  root. With an `http(s)://` tracking URI (a remote MLflow server) the database is not reachable
-  from here: `sources` records it as "remote: backed up by the server's own database backup",
-  and only the local artifact root is backed up, if it exists. Other tracking URIs (file stores,
-  MySQL, Databricks, ...) are refused with an error rather than backed up partially.
+  root. With an `http(s)://` tracking URI the server's database is backed up through
+  `mlflow_backend_uri` (QUADRA_MLFLOW_BACKEND_URI) when it is set; otherwise `sources` records it
+  as not reachable and only the local artifact root is backed up. Other tracking URIs (file
+  stores, MySQL, Databricks, ...) are refused rather than backed up partially.
 - File trees (artifacts, checkpoints, extra folders): walked without following symlinks (each
   symlink is recorded as skipped in `sources`, never followed or stored; only the configured root
   itself may be a symlink), relative paths kept, temporary files (`*.tmp`, `.*.tmp`) skipped, and
   never secrets: `exclude` (default `DEFAULT_EXCLUDE`: `.env`, `.env.*` except `.env.example`,
   `*.key`, `*.pem`, `id_rsa*` and other SSH keys, `*.p12`, `*.pfx`, `.pgpass`, `.netrc`,
   `secrets/`). Tree files are read in place, not copied: MLflow artifacts are written once and
-  checkpoints are replaced atomically (temp file + rename: hence the `*.tmp` rule), and the
-  repository hashes exactly the bytes it reads.
+  checkpoints are replaced atomically (temp file + rename: hence the `*.tmp` rule).
 
 Order: project database, then MLflow database, then artifacts, then checkpoints. Each refers
 only to things written before it (a project row names an MLflow version; an MLflow row names
@@ -70,7 +64,6 @@ import shutil
 import socket
 import sqlite3
 import stat
-import subprocess
 import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
@@ -82,18 +75,14 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import URL
-
-from ..store.errors import StoreError
-from ..store.session import mask_url, normalize_url
-
-from .repository import SourceFile  # one definition, shared with the repository
-from .errors import BackupError
-
-
-class SnapshotError(BackupError):
-    """A source cannot be snapshotted (or a dump restored); one line, passwords masked."""
-
+from ..store.session import mask_url
+from . import postgres
+from .postgres import SnapshotError
+from .postgres import parse as _parse
+from .repository import (  # one definition each, shared with the repository
+    SourceFile,
+    SourceStream,
+)
 
 #: Restore-tree folders.
 PROJECT_DB, MLFLOW_DB, ARTIFACTS, CHECKPOINTS = "project-db", "mlflow-db", "mlartifacts", "checkpoints"
@@ -121,24 +110,15 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 #: Files being written (checkpoints are written to a temp file, then renamed): always skipped.
 TEMPORARY_PATTERNS: tuple[str, ...] = ("*.tmp", ".*.tmp")
 
-REMOTE_NOTE = "remote: backed up by the server's own database backup"
+REMOTE_NOTE = "remote: not reachable from here (set QUADRA_MLFLOW_BACKEND_URI to back up the server's database)"
 WORKDIR_PREFIX = "quadra-snapshot-"
 PACKAGES = ("quadra-pipeline", "mlflow", "torch")
-#: Seconds a SQLite backup waits for a writer's lock; a PostgreSQL connection attempt's timeout.
+#: Seconds a SQLite backup waits for a writer's lock.
 SQLITE_TIMEOUT_S = 60
-PG_CONNECT_TIMEOUT_S = 10
-#: libpq connection parameters passed on from a URL's query string (never secrets).
-_LIBPQ_PARAMS = frozenset(
-    {
-        "host", "hostaddr", "port", "dbname", "user", "passfile", "channel_binding",
-        "connect_timeout", "client_encoding", "options", "application_name",
-        "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
-        "keepalives_count", "tcp_user_timeout", "sslmode", "sslcompression", "sslcert", "sslkey",
-        "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer", "ssl_min_protocol_version",
-        "ssl_max_protocol_version", "krbsrvname", "gsslib", "gssencmode", "service",
-        "target_session_attrs", "load_balance_hosts",
-    }
-)
+#: The project database's backup catalogue: its rows are left out of every copy (each backup
+#: changes it, so an unchanged system would otherwise never back up to the same bytes); it is
+#: rebuilt from the repository's manifests after a restore.
+CATALOGUE_TABLE = "backups"
 
 
 # Snapshot -----------------------------------------------------------------------------------
@@ -197,12 +177,19 @@ def take_snapshot(
     extra_dirs: Mapping[str, Path] = MappingProxyType({}),
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     workdir: Path | None = None,
+    mlflow_backend_uri: str | None = None,
+    secret: str | None = None,
+    dump_timeout: float = postgres.DUMP_TIMEOUT_S,
 ) -> Snapshot:
     """Snapshot the project database, the MLflow database and artifacts, and the checkpoints.
 
     `workdir`: where the temporary database copies go (default: the system temp folder); use a
     folder on the same disk as the backups. `extra_dirs`: more folders, each stored under its
-    name. Raises `SnapshotError` naming the source and file that cannot be read.
+    name. `mlflow_backend_uri`: the MLflow server's own database, when the tracking URI is an
+    http(s) server whose database this process can reach (our deployment: it is on the same
+    PostgreSQL server). PostgreSQL databases are streams (`SourceStream`), dumped when the
+    repository reads them; `secret` seeds their psql restrict key. Raises `SnapshotError`
+    naming the source and file that cannot be read.
     """
     for name in extra_dirs:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name in RESERVED_NAMES:
@@ -218,11 +205,15 @@ def take_snapshot(
         parts: dict[str, dict[str, Any]] = {}
         live_databases: set[Path] = set()
 
+        dumps = {"secret": secret, "timeout": dump_timeout}
         found, parts[PROJECT_DB] = _snapshot_database(
-            database_url, PROJECT_DB, "quadra", "project database", directory, live_databases
+            database_url, PROJECT_DB, "quadra", "project database", directory, live_databases,
+            leave_out=(CATALOGUE_TABLE,), **dumps,
         )
         files += found
-        found, parts[MLFLOW_DB] = _snapshot_mlflow_database(mlflow_tracking_uri, directory, live_databases)
+        found, parts[MLFLOW_DB] = _snapshot_mlflow_database(
+            mlflow_backend_uri or mlflow_tracking_uri, directory, live_databases, **dumps
+        )
         files += found
 
         skip = {directory.resolve(), *live_databases}
@@ -317,13 +308,19 @@ def _classify(url: str) -> str:
 
 
 def _snapshot_database(
-    url: str, folder: str, stem: str, label: str, directory: Path, live: set[Path]
-) -> tuple[list[SourceFile], dict[str, Any]]:
+    url: str, folder: str, stem: str, label: str, directory: Path, live: set[Path], *,
+    leave_out: tuple[str, ...] = (), secret: str | None = None, timeout: float = postgres.DUMP_TIMEOUT_S,
+) -> tuple[list[SourceFile | SourceStream], dict[str, Any]]:
     kind = _classify(url)
     if kind == "sqlite":
-        return _snapshot_sqlite(url, folder, stem, label, directory, live)
+        return _snapshot_sqlite(url, folder, stem, label, directory, live, leave_out)
     if kind == "postgresql":
-        return _snapshot_postgres(url, folder, stem, label, directory)
+        part = postgres.describe(url, folder, stem, label)
+
+        def open_dump():
+            return postgres.dump_stream(url, part, label, leave_out_data=leave_out, secret=secret, timeout=timeout)
+
+        return [SourceStream(part["path"], open_dump, 0o600)], part
     raise SnapshotError(
         f"cannot back up the {label} {_mask_any(url)}: only sqlite:/// and postgresql:// "
         "databases are supported"
@@ -331,8 +328,8 @@ def _snapshot_database(
 
 
 def _snapshot_mlflow_database(
-    uri: str, directory: Path, live: set[Path]
-) -> tuple[list[SourceFile], dict[str, Any]]:
+    uri: str, directory: Path, live: set[Path], **dumps: Any
+) -> tuple[list[SourceFile | SourceStream], dict[str, Any]]:
     kind = _classify(uri)
     if kind == "remote":
         return [], {
@@ -344,22 +341,15 @@ def _snapshot_mlflow_database(
             "bytes": 0,
         }
     if kind in ("sqlite", "postgresql"):
-        return _snapshot_database(uri, MLFLOW_DB, "mlflow", "MLflow database", directory, live)
+        return _snapshot_database(uri, MLFLOW_DB, "mlflow", "MLflow database", directory, live, **dumps)
     raise SnapshotError(
         f"cannot back up the MLflow tracking store {_mask_any(uri)}: backups support sqlite:///, "
         "postgresql:// and http(s):// (a remote server backs up its own database) tracking URIs"
     )
 
 
-def _parse(url: str, label: str) -> URL:
-    try:
-        return normalize_url(url)
-    except StoreError as exc:
-        raise SnapshotError(f"cannot back up the {label}: {exc}") from None
-
-
 def _snapshot_sqlite(
-    url: str, folder: str, stem: str, label: str, directory: Path, live: set[Path]
+    url: str, folder: str, stem: str, label: str, directory: Path, live: set[Path], leave_out: tuple[str, ...] = ()
 ) -> tuple[list[SourceFile], dict[str, Any]]:
     parsed = _parse(url, label)
     masked = url.strip()  # a SQLite URL holds no password; show it as configured
@@ -381,10 +371,12 @@ def _snapshot_sqlite(
     target = directory / folder / f"{stem}.db"
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        journal_mode, revision, tables = _sqlite_online_backup(path, target)
+        journal_mode, revision, tables = _sqlite_online_backup(path, target, leave_out)
     except sqlite3.Error as exc:
         raise SnapshotError(f"cannot back up the {label} {masked}: {_first_line(exc)}") from None
     size = target.stat().st_size
+    if leave_out:
+        part["left_out_data"] = sorted(leave_out)
     part.update(
         present=True,
         method="sqlite3 online backup API",
@@ -399,8 +391,9 @@ def _snapshot_sqlite(
     return [SourceFile(f"{folder}/{target.name}", target, mode)], part
 
 
-def _sqlite_online_backup(path: Path, target: Path) -> tuple[str, str | None, dict[str, int]]:
-    """Copy `path` to `target` with the online backup API; check and describe the copy."""
+def _sqlite_online_backup(path: Path, target: Path, leave_out: tuple[str, ...] = ()) -> tuple[str, str | None, dict[str, int]]:
+    """Copy `path` to `target` with the online backup API; empty the `leave_out` tables in the
+    copy; check and describe it."""
     # mode=rw: never creates a missing file (and falls back to read-only on a read-only file).
     source = sqlite3.connect(f"file:{_uri_path(path)}?mode=rw", uri=True, timeout=SQLITE_TIMEOUT_S)
     try:
@@ -416,6 +409,12 @@ def _sqlite_online_backup(path: Path, target: Path) -> tuple[str, str | None, di
     copy = sqlite3.connect(str(target), isolation_level=None)
     try:
         copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        # Freed pages are zeroed (no VACUUM: that would rewrite the whole copy every hour), so the
+        # copy of an unchanged database differs from the last one only where the catalogue grew.
+        copy.execute("PRAGMA secure_delete = ON")
+        for table in leave_out:
+            if copy.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+                copy.execute(f'DELETE FROM "{_ident(table)}"')
         problems = [line for row in copy.execute("PRAGMA quick_check") for line in str(row[0]).splitlines()]
         if problems != ["ok"]:
             # SQLite heads its report with "*** in database main ***": show the first real problem.
@@ -446,173 +445,6 @@ def _uri_path(path: Path) -> str:
 
 def _ident(name: str) -> str:
     return name.replace('"', '""')
-
-
-# PostgreSQL ---------------------------------------------------------------------------------
-
-
-def _libpq(url: URL) -> tuple[str, dict[str, str]]:
-    """A libpq connection string without the password, and the environment carrying it."""
-    params: dict[str, str] = {}
-    if url.host:
-        params["host"] = url.host
-    if url.port:
-        params["port"] = str(url.port)
-    if url.username:
-        params["user"] = url.username
-    if url.database:
-        params["dbname"] = url.database
-    password = url.password
-    for key, value in url.query.items():
-        value = value[-1] if isinstance(value, tuple) else value
-        if key == "password":
-            password = password or value
-        elif key in _LIBPQ_PARAMS and key not in params:
-            params[key] = value
-    params.setdefault("connect_timeout", str(PG_CONNECT_TIMEOUT_S))
-    params.setdefault("application_name", "quadra-backup")
-    conninfo = " ".join(f"{key}='{_quote(value)}'" for key, value in params.items())
-    env = dict(os.environ)
-    if password is not None:
-        env["PGPASSWORD"] = str(password)
-    return conninfo, env
-
-
-def _quote(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("'", "\\'")
-
-
-def _tool(name: str, what: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise SnapshotError(
-            f"{what}: {name} was not found on PATH (install the PostgreSQL client tools, "
-            "the same major version as the server or newer)"
-        )
-    return found
-
-
-def _run_tool(argv: list[str], env: dict[str, str], what: str, password: str | None) -> None:
-    try:
-        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
-    except OSError as exc:
-        raise SnapshotError(f"{what}: cannot run {Path(argv[0]).name}: {_os_reason(exc)}") from None
-    if done.returncode != 0:
-        lines = [line.strip() for line in (done.stderr or done.stdout or "").splitlines() if line.strip()]
-        detail = "; ".join(lines[:3]) or "no message"
-        if password:
-            detail = detail.replace(password, "***")
-        raise SnapshotError(f"{what}: {Path(argv[0]).name} failed (exit {done.returncode}): {detail}")
-
-
-def _snapshot_postgres(
-    url: str, folder: str, stem: str, label: str, directory: Path
-) -> tuple[list[SourceFile], dict[str, Any]]:
-    from sqlalchemy.exc import DBAPIError
-
-    from ..store.session import make_engine
-
-    parsed = _parse(url, label)
-    masked = mask_url(parsed)
-    what = f"cannot back up the {label} {masked}"
-    pg_dump = _tool("pg_dump", what)
-    target = directory / folder / f"{stem}.pgdump"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    conninfo, env = _libpq(parsed)
-    tool_version = _tool_version(pg_dump)
-    try:
-        engine = make_engine(parsed)
-    except StoreError as exc:
-        raise SnapshotError(f"{what}: {exc}") from None
-    try:
-        with engine.connect() as connection:
-            connection = connection.execution_options(isolation_level="REPEATABLE READ")
-            with connection.begin():
-                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-                snapshot_id = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
-                server_version = connection.exec_driver_sql("SHOW server_version").scalar_one()
-                revision = None
-                if connection.exec_driver_sql("SELECT to_regclass('alembic_version')").scalar() is not None:
-                    revision = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-                rows = connection.exec_driver_sql(
-                    "SELECT table_schema, table_name FROM information_schema.tables "
-                    "WHERE table_type = 'BASE TABLE' "
-                    "AND table_schema NOT IN ('pg_catalog', 'information_schema') "
-                    "ORDER BY table_schema, table_name"
-                ).all()
-                tables: dict[str, int] = {}
-                for schema, table in rows:
-                    name = table if schema == "public" else f"{schema}.{table}"
-                    tables[name] = int(
-                        connection.exec_driver_sql(
-                            f'SELECT count(*) FROM "{_ident(schema)}"."{_ident(table)}"'
-                        ).scalar_one()
-                    )
-                # The dump reads the same snapshot, so the counts above are exactly its contents.
-                _run_tool(
-                    [pg_dump, "--format=custom", "--no-password", f"--snapshot={snapshot_id}",
-                     f"--file={target}", f"--dbname={conninfo}"],
-                    env,
-                    what,
-                    parsed.password,
-                )
-    except DBAPIError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        detail = _first_line(cause)
-        if parsed.password:
-            detail = detail.replace(parsed.password, "***")
-        raise SnapshotError(f"{what}: {detail}") from None
-    finally:
-        engine.dispose()
-    part = {
-        "kind": "postgresql",
-        "location": masked,
-        "present": True,
-        "method": "pg_dump --format=custom",
-        "path": f"{folder}/{target.name}",
-        "server_version": str(server_version),
-        "pg_dump_version": tool_version,
-        "alembic_revision": None if revision is None else str(revision),
-        "tables": tables,
-        "files": 1,
-        "bytes": target.stat().st_size,
-    }
-    return [SourceFile(f"{folder}/{target.name}", target, 0o600)], part
-
-
-def _tool_version(binary: str) -> str | None:
-    try:
-        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
-def restore_pg_dump(dump: Path, database_url: str, *, keep_owner: bool = False) -> None:
-    """Restore a custom-format dump into an existing PostgreSQL database, in one transaction.
-
-    `pg_restore --clean --if-exists --single-transaction`: every object in the dump is dropped
-    (if present) and recreated, and a failure leaves the database as it was. Objects the dump
-    does not know (a table created after the backup) are left alone: restore into an empty
-    database for an exact copy. By default ownership and grants are not restored (objects
-    belong to the connecting user, as on a new machine whose roles differ); `keep_owner=True`
-    restores them as dumped. The password goes in `PGPASSWORD`, never on the command line.
-    """
-    parsed = normalize_url(database_url)
-    what = f"cannot restore {dump} into {mask_url(parsed)}"
-    if _classify(database_url) != "postgresql":
-        raise SnapshotError(f"{what}: not a PostgreSQL database URL")
-    dump = Path(dump)
-    if not dump.is_file():
-        raise SnapshotError(f"{what}: the dump file does not exist")
-    _check_readable(dump, what.removeprefix("cannot restore "))
-    pg_restore = _tool("pg_restore", what)
-    conninfo, env = _libpq(parsed)
-    argv = [pg_restore, "--clean", "--if-exists", "--single-transaction", "--exit-on-error", "--no-password"]
-    if not keep_owner:
-        argv += ["--no-owner", "--no-privileges"]
-    argv += [f"--dbname={conninfo}", str(dump)]
-    _run_tool(argv, env, what, parsed.password)
 
 
 # File trees ---------------------------------------------------------------------------------
@@ -771,6 +603,6 @@ __all__ = [
     "TEMPORARY_PATTERNS",
     "is_excluded",
     "package_versions",
-    "restore_pg_dump",
+    "SourceStream",
     "take_snapshot",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import NoReturn
 
 EXIT_OK = 0
@@ -81,3 +82,15 @@ def _model_version(text: str) -> int:
     if not number.isdigit() or int(number) < 1:
         raise argparse.ArgumentTypeError(f"must be a version number such as 3 (or v3), got {text!r}")
     return int(number)
+
+
+def write_key_pair(kind: str, out: str, *, force: bool, setting: str, verifies: str) -> int:
+    """`quadra model|backup keygen`: a new pair, the private key at `out` (mode 600), the public
+    key next to it as `.pub`; prints the settings that use them."""
+    from ..keys import generate, write_pair
+
+    private, public = Path(out), Path(out).with_suffix(".pub")
+    write_pair(generate(kind), private, public, overwrite=force)
+    print(f"private key {private} (mode 600: set {setting}_SIGNING_KEY_FILE={private.resolve()})")
+    print(f"public key  {public} ({verifies}: {setting}_VERIFY_KEY_FILE={public.resolve()})")
+    return EXIT_OK

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import EXIT_OK, CommandError, _Parser
+from ._common import EXIT_OK, CommandError, _Parser, write_key_pair
 
 
 def _backup_service():
@@ -34,38 +34,50 @@ def cmd_backup_list(args: argparse.Namespace) -> int:
             print(f"{backup_id}  DAMAGED  {exc}")
             continue
         signed = "signed" if manifest.signature else "unsigned"
-        print(f"{backup_id}  {manifest.created_at:%Y-%m-%d %H:%M:%S}Z  {len(manifest.files)} files  {manifest.total_bytes} bytes  {signed}")
+        print(f"{backup_id}  {manifest.created_at:%Y-%m-%d %H:%M:%S}Z  {len(manifest.files)} files  {manifest.total_bytes} bytes  "
+              f"{signed}  format {manifest.format_version}")
     return EXIT_OK
 
 
 def cmd_backup_verify(args: argparse.Namespace) -> int:
+    from ..backup.service import HISTORY
+
     service = _backup_service()
-    if args.all and args.ids:
-        raise CommandError("give backup ids or --all, not both")
-    reports = service.verify(args.ids or None)
-    if not reports:
+    reports = service.verify(args.ids or None, deep="all" if args.all else "subset")
+    if len(reports) == 1 and reports[0].ok:
         print(f"no backups in {service.repository.root}")
         return EXIT_OK
     bad = 0
     for report in reports:
-        if report.ok:
-            print(f"{report.backup_id}  OK  {report.files_checked} files, {report.bytes_checked} bytes re-hashed")
+        if report.backup_id == HISTORY:
+            line = "OK  chain, head and records agree; the catalogue agrees" if report.ok else "FAILED  " + "; ".join(report.problems)
+            print(f"{'history':<26}  {line}")
+        elif report.ok:
+            read = f"{report.chunks_read} of {report.chunks_checked} chunks re-read" if report.format_version == 3 else "every object re-hashed"
+            print(f"{report.backup_id}  OK  {report.files_checked} files, {read} ({report.bytes_checked} bytes)")
         else:
-            bad += 1
             print(f"{report.backup_id}  FAILED  {'; '.join(report.problems)}")
+        bad += not report.ok
     if bad:
-        raise CommandError(f"{bad} of {len(reports)} backups failed verification")
+        raise CommandError(f"{bad} of {len(reports)} checks failed (the backups and their history)")
     return EXIT_OK
+
+
+def cmd_backup_keygen(args: argparse.Namespace) -> int:
+    return write_key_pair("ed25519", args.out, force=args.force, setting="QUADRA_BACKUP", verifies="verifies, and cannot sign")
 
 
 def cmd_backup_restore(args: argparse.Namespace) -> int:
     if args.in_place == (args.target is not None):
         raise CommandError("restore needs exactly one of --target DIR or --in-place")
-    result = _backup_service().restore(args.backup_id, Path(args.target) if args.target else None, in_place=args.in_place)
+    result = _backup_service().restore(args.backup_id, Path(args.target) if args.target else None, in_place=args.in_place,
+                                       stop_writers=args.stop_writers)
     where = "the live data home" if args.in_place else str(result.target)
     print(f"restored {result.backup_id} into {where} ({result.files} files, {result.seconds:.2f} s)")
     if result.moved_aside:
         print(f"what was there before is in {result.moved_aside}")
+    for session in result.stopped:
+        print(f"stopped {session}")
     return EXIT_OK
 
 
@@ -89,6 +101,8 @@ def cmd_backup_prune(args: argparse.Namespace) -> int:
         print(f"{verb} {backup_id}")
     print(f"{verb} {len(result.plan.delete)} backups, {result.removed_objects} unreferenced objects "
           f"({result.freed_bytes} bytes); kept {len(result.plan.keep)}")
+    if result.gc_skipped:
+        print(f"quadra: warning: unreferenced data was not collected: {result.gc_skipped}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -100,16 +114,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     create.set_defaults(handler=cmd_backup_create)
     listing = backup.add_parser("list", help="one line per backup, its id first", description="List complete backups, oldest first.")
     listing.set_defaults(handler=cmd_backup_list)
-    verify = backup.add_parser("verify", help="re-hash and check signatures (default: all backups); non-zero on any problem",
-                               description="Verify backups: every object's SHA-256, sizes, the manifest's signature and name.")
-    verify.add_argument("ids", nargs="*", metavar="ID")
-    verify.add_argument("--all", action="store_true", help="every backup (the default)")
+    verify = backup.add_parser("verify", help="check backups, signatures and their history (default: all); non-zero on any problem",
+                               description="Verify backups: manifests, signatures, sidecars, file lists, every chunk present with "
+                                           "its size and a rotating share of them re-read (--all: every chunk), and the "
+                                           "history (rollback, deleted or replayed backups, the catalogue's cross-check).")
+    verify.add_argument("ids", nargs="*", metavar="ID", help="backups to check (default: all)")
+    verify.add_argument("--all", action="store_true",
+                        help="re-read every chunk (default: every chunk's presence and size, and a rotating share re-read)")
     verify.set_defaults(handler=cmd_backup_verify)
     restore = backup.add_parser("restore", help="verify, then restore into a new folder or over the live data home",
                                 description="Restore a backup (verified first; a tampered or corrupt backup is refused).")
     restore.add_argument("backup_id", nargs="?", default="latest", metavar="ID|latest")
     restore.add_argument("--target", metavar="DIR", help="a new or empty folder to restore into")
     restore.add_argument("--in-place", action="store_true", help="restore over the live data home, moving what is there aside")
+    restore.add_argument("--stop-writers", action="store_true",
+                         help="in place on PostgreSQL: terminate the other sessions of the databases first (else refused, naming them)")
     restore.set_defaults(handler=cmd_backup_restore)
     export = backup.add_parser("export", help="one portable archive (+ .sha256 sidecar) for an off-site copy",
                                description="Export a backup as a single archive with a sha256sum sidecar.")
@@ -124,4 +143,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                               description="Delete backups outside the retention policy and objects nothing references.")
     prune.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     prune.set_defaults(handler=cmd_backup_prune)
+    keygen = backup.add_parser("keygen", help="make a backup-signing key pair (Ed25519, PEM)",
+                               description="Write a new private key (mode 600) and its public key (.pub); the public key "
+                                           "alone verifies backups and cannot sign them.")
+    keygen.add_argument("--out", default="backup-signing.pem", metavar="FILE", help="private key file (backup-signing.pem)")
+    keygen.add_argument("--force", action="store_true", help="overwrite existing files")
+    keygen.set_defaults(handler=cmd_backup_keygen)
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_OK, _model_version, _Parser
+from ._common import EXIT_OK, _model_version, _Parser, write_key_pair
 
 
 def cmd_model_probe(args: argparse.Namespace) -> int:
@@ -144,13 +144,7 @@ def cmd_model_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_model_keygen(args: argparse.Namespace) -> int:
-    from ..keys import generate, write_pair
-
-    private, public = Path(args.out), Path(args.out).with_suffix(".pub")
-    write_pair(generate("ec-p256"), private, public, overwrite=args.force)
-    print(f"private key {private} (mode 600: set QUADRA_MODEL_SIGNING_KEY_FILE={private.resolve()})")
-    print(f"public key  {public} (verifies: QUADRA_MODEL_VERIFY_KEY_FILE={public.resolve()})")
-    return EXIT_OK
+    return write_key_pair("ec-p256", args.out, force=args.force, setting="QUADRA_MODEL", verifies="verifies")
 
 
 def cmd_model_promote(args: argparse.Namespace) -> int:

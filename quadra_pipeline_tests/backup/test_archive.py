@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import io
 import json
 import os
@@ -14,12 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from quadra_pipeline.backup import BackupError, BackupRepository, IntegrityError, UnsafePathError
-from quadra_pipeline.backup.manifest import encode_checksum_list
+from quadra_pipeline.backup import (
+    BackupError,
+    BackupRepository,
+    IntegrityError,
+    UnsafePathError,
+)
+from quadra_pipeline.backup.format3 import Header, sidecar_text
+from quadra_pipeline.backup.signatures import SignaturePolicy
+from quadra_pipeline.keys import generate
 
 from .test_repository_helpers import (
     KEY,
+    SIGNING,
     assert_untouched,
+    chunks_of,
     disk_bytes,
     flip_byte,
     read_tree,
@@ -60,8 +68,8 @@ def _write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) 
     return path
 
 
-def _fresh(tmp_path: Path, key: str = KEY) -> BackupRepository:
-    fresh = BackupRepository(tmp_path / "fresh", key, require_signature=True)
+def _fresh(tmp_path: Path, keys=SIGNING) -> BackupRepository:
+    fresh = BackupRepository(tmp_path / "fresh", keys=keys, hmac_key=KEY, require_signature=True)
     fresh.create([], sources={})  # the repository exists and holds one backup already
     return fresh
 
@@ -85,21 +93,21 @@ def test_export_writes_one_archive_and_a_relative_sha256_sidecar(repo, exported,
 
     names = [m.name for m, _ in _members(archive)]
     manifest = repo.read_manifest(backup_id)
-    assert names[:4] == [
+    files_object = manifest.header.files_object
+    assert names[:3] == [
         f"manifests/{backup_id}.json",
         f"manifests/{backup_id}.sha256",
-        f"objects/{manifest.files_object[:2]}/{manifest.files_object}",
-        f"objects/{manifest.checksums_object[:2]}/{manifest.checksums_object}",
+        f"objects/{files_object[:2]}/{files_object}",
     ]
-    assert names[4:] == [f"objects/{s[:2]}/{s}" for s in manifest.object_ids]
-    # Extracted with plain tar, it is a repository `sha256sum -c` can check, in two steps.
+    assert names[3:] == [f"chunks/{s[:2]}/{s}" for s in sorted(manifest.chunks)]
+    # Extracted with plain tar, it is a repository the documented check by hand passes on.
     extracted = tmp_path / "extracted"
     extracted.mkdir()
     subprocess.run(["tar", "-xf", str(archive), "-C", str(extracted)], check=True)
     checked = sha256sum_check_backup(extracted, backup_id)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert checked.stdout.count(": OK") == 3 + len(manifest.object_ids)
-    assert BackupRepository(extracted, KEY, require_signature=True).verify(backup_id).ok
+    assert checked.stdout.count(": OK") == 2 + len(manifest.chunks)
+    assert BackupRepository(extracted, keys=SIGNING, require_signature=True).verify(backup_id).ok
 
 
 def test_import_restores_the_same_tree(exported, tmp_path):
@@ -109,20 +117,26 @@ def test_import_restores_the_same_tree(exported, tmp_path):
     assert manifest.backup_id == backup_id
     assert backup_id in fresh.backup_ids()
     assert fresh.verify(backup_id).ok
+    assert fresh.history_problems() == []  # recorded as imported: its predecessors are not here
     fresh.restore(backup_id, tmp_path / "restored")
     assert read_tree(tmp_path / "restored") == files
     assert os.listdir(fresh.staging_dir) == []
+    # Into an empty repository (a new machine), it becomes the head the next backup extends.
+    empty = BackupRepository(tmp_path / "new-machine", keys=SIGNING, require_signature=True)
+    empty.import_archive(archive)
+    nxt = empty.create(write_tree(tmp_path / "again", files), sources={}).manifest
+    assert nxt.header.previous.backup_id == backup_id and empty.history_problems() == []
 
 
 def test_import_deduplicates_and_is_idempotent(repo, exported, tmp_path):
     backup_id, archive, _ = exported
-    before = disk_bytes(repo.objects_dir)
+    before = disk_bytes(repo.chunks.dir)
     assert repo.import_archive(archive).backup_id == backup_id  # already there, same manifest: nothing to do
-    assert disk_bytes(repo.objects_dir) == before
-    repo.delete(backup_id)
-    repo.import_archive(archive)  # objects are still there (no gc): only the manifest comes back
-    assert disk_bytes(repo.objects_dir) == before
-    assert_untouched(repo, [backup_id])
+    assert disk_bytes(repo.chunks.dir) == before
+    other = BackupRepository(tmp_path / "other", keys=SIGNING, require_signature=True)
+    other.import_archive(archive)
+    other.import_archive(archive)
+    assert_untouched(other, [backup_id])
 
 
 def test_export_is_deterministic_and_never_overwrites(repo, exported, tmp_path):
@@ -143,7 +157,7 @@ def test_export_of_a_corrupt_backup_is_refused_and_leaves_nothing(repo, exported
     backup_id, _, _ = exported
     manifest = repo.read_manifest(backup_id)
     largest = max(manifest.files, key=lambda e: e.size)
-    flip_byte(repo.object_path(largest.sha256), 5)
+    flip_byte(chunks_of(repo, backup_id, largest.path)[0], 5)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(IntegrityError, match=f"backup {backup_id} cannot be exported, nothing was written: 1 problem: .* is corrupt"):
@@ -169,7 +183,7 @@ def test_archive_that_does_not_match_its_sidecar(exported, tmp_path):
 
 
 def _largest_object(members) -> int:
-    return max(range(len(members)), key=lambda i: members[i][0].size if members[i][0].name.startswith("objects/") else -1)
+    return max(range(len(members)), key=lambda i: members[i][0].size if members[i][0].name.startswith("chunks/") else -1)
 
 
 def test_flipped_byte_in_an_object_of_an_archive_without_sidecar(exported, tmp_path):
@@ -214,9 +228,9 @@ def test_archive_missing_an_object(exported, tmp_path):
 
 def test_archive_signed_with_another_key_is_refused(exported, tmp_path):
     _, archive, _ = exported
-    other = _fresh(tmp_path, key="another key")
+    other = _fresh(tmp_path, keys=generate("ed25519"))
     before = _listing(other.root)
-    with pytest.raises(IntegrityError, match="signature does not match"):
+    with pytest.raises(IntegrityError, match="is signed with another key"):
         other.import_archive(archive)
     assert _listing(other.root) == before
 
@@ -273,6 +287,9 @@ HOSTILE = [
     ("objects/ab/fifo", tarfile.FIFOTYPE, "", UnsafePathError, "is not a regular file"),
     ("README", tarfile.REGTYPE, "", BackupError, "unexpected member 'README'"),
     ("objects/zz/" + "0" * 64, tarfile.REGTYPE, "", BackupError, "unexpected member"),
+    ("chunks/ab/link", tarfile.SYMTYPE, "/etc/passwd", UnsafePathError, "is a symlink"),
+    ("chunks/../escaped.txt", tarfile.REGTYPE, "", UnsafePathError, "contains '..'"),
+    ("chunks/zz/" + "0" * 64, tarfile.REGTYPE, "", BackupError, "unexpected member"),
 ]
 
 
@@ -290,11 +307,19 @@ def test_hostile_members_are_refused(exported, tmp_path, name, kind, link, error
     assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/escaped-absolute.txt").exists()
 
 
-def _sign_member(members, document: dict) -> None:
-    body = {k: v for k, v in document.items() if k != "signature"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    body["signature"] = hmac.new(KEY.encode(), canonical, hashlib.sha256).hexdigest()
-    members[0] = (members[0][0], json.dumps(body).encode())
+def _set_manifest(members, document: dict, *, sign: bool) -> None:
+    """The archive's manifest (canonical; signed with the real key when `sign`) and its sidecar."""
+    body = {k: v for k, v in document.items() if k != "signature" or not sign}
+    if sign:
+        body = SignaturePolicy(keys=SIGNING).sign(body)
+    header = Header.from_document(body)
+    data = header.to_json()
+    members[0] = (members[0][0], data)
+    members[1] = (members[1][0], sidecar_text(header, hashlib.sha256(data).hexdigest()))
+
+
+def _file_list(entries) -> bytes:
+    return b"[\n" + b",\n".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode() for e in entries) + b"\n]\n"
 
 
 def _object_member(data: bytes) -> tuple[tarfile.TarInfo, bytes]:
@@ -309,10 +334,10 @@ def test_validly_signed_manifest_with_an_unsafe_path_inside_an_archive(exported,
     document = json.loads(members[0][1])
     entries = json.loads(members[2][1])  # the file list
     entries[0]["path"] = path
-    file_list = b"[\n" + b",\n".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode() for e in entries) + b"\n]\n"
+    file_list = _file_list(entries)
     members.append(_object_member(file_list))
     document["files_object"] = hashlib.sha256(file_list).hexdigest()
-    _sign_member(members, document)
+    _set_manifest(members, document, sign=True)
     hostile = _write_tar(tmp_path / "hostile.tar", members)
     fresh = _fresh(tmp_path)
     before = _listing(fresh.root)
@@ -323,7 +348,7 @@ def test_validly_signed_manifest_with_an_unsafe_path_inside_an_archive(exported,
     assert _listing(fresh.root) == before
 
 
-@pytest.mark.parametrize(("index", "which"), [(2, "file list"), (3, "checksum list")])
+@pytest.mark.parametrize(("index", "which"), [(2, "file list")])
 def test_archive_missing_a_metadata_object(exported, tmp_path, index, which):
     _, archive, _ = exported
     members = _members(archive)
@@ -348,24 +373,17 @@ def test_archive_with_a_corrupt_file_list(exported, tmp_path):
 
 
 def test_archive_whose_manifest_points_to_another_file_list(repo, exported, tmp_path):
-    """The archive carries a second, properly stored file list (one file dropped) and its checksum
-    list, and the manifest (old signature kept) and sidecar are pointed at them."""
+    """The archive carries a second, properly stored file list (one file dropped), and the
+    manifest (old signature kept) and sidecar are pointed at it."""
     backup_id, archive, _ = exported
     members = _members(archive)
     document = json.loads(members[0][1])
-    entries = json.loads(members[2][1])[1:]
-    file_list = b"[\n" + b",\n".join(json.dumps(e, sort_keys=True, separators=(",", ":")).encode() for e in entries) + b"\n]\n"
-    checksum_list = encode_checksum_list(e["sha256"] for e in entries)
-    document.update(files_object=hashlib.sha256(file_list).hexdigest(), checksums_object=hashlib.sha256(checksum_list).hexdigest(),
-                    file_count=len(entries), total_bytes=sum(e["size"] for e in entries))
-    manifest_data = json.dumps(document).encode()
-    members[0] = (members[0][0], manifest_data)
-    members[1] = (members[1][0], (
-        f"{hashlib.sha256(manifest_data).hexdigest()}  manifests/{backup_id}.json\n"
-        f"{document['files_object']}  objects/{document['files_object'][:2]}/{document['files_object']}\n"
-        f"{document['checksums_object']}  objects/{document['checksums_object'][:2]}/{document['checksums_object']}\n"
-    ).encode())
-    members[2:4] = [_object_member(file_list), _object_member(checksum_list)]
+    entries = [e for e in json.loads(members[2][1]) if e["path"] != "quadra.db"]
+    file_list = _file_list(entries)
+    document.update(files_object=hashlib.sha256(file_list).hexdigest(), file_count=len(entries),
+                    total_bytes=sum(e["size"] for e in entries), chunk_count=len({c[0] for e in entries for c in e["chunks"]}))
+    _set_manifest(members, document, sign=False)
+    members[2] = _object_member(file_list)
     forged = _write_tar(tmp_path / "forged.tar", members)
     fresh = _fresh(tmp_path)
     before = _listing(fresh.root)
@@ -379,10 +397,10 @@ def test_archive_whose_manifest_points_to_another_file_list(repo, exported, tmp_
 
 
 def test_import_onto_a_full_disk_adds_nothing(small_disk, tmp_path):
-    source = BackupRepository(tmp_path / "source", KEY)
+    source = BackupRepository(tmp_path / "source")
     big = source.create(write_tree(tmp_path / "src", {"big.bin": os.urandom(3 << 20)}), sources={}).manifest.backup_id
     archive = source.export(big, tmp_path / "big.tar")
-    target = BackupRepository(small_disk / "repo", KEY)
+    target = BackupRepository(small_disk / "repo")
     first = target.create(write_tree(tmp_path / "small", {"a": b"a"}), sources={}).manifest.backup_id
     before = _listing(target.root)
     with pytest.raises(BackupError, match=f"{target.root}: cannot import {archive}: No space left on device; nothing was added"):
@@ -392,7 +410,7 @@ def test_import_onto_a_full_disk_adds_nothing(small_disk, tmp_path):
 
 
 def test_export_onto_a_full_disk_leaves_no_partial_archive(small_disk, tmp_path):
-    repo = BackupRepository(tmp_path / "repo", KEY)
+    repo = BackupRepository(tmp_path / "repo")
     backup_id = repo.create(write_tree(tmp_path / "src", {"big.bin": os.urandom(3 << 20)}), sources={}).manifest.backup_id
     with pytest.raises(BackupError, match=f"{small_disk / 'x.tar'}: cannot write the archive: No space left on device"):
         repo.export(backup_id, small_disk / "x.tar")

@@ -9,7 +9,14 @@ import pytest
 
 from quadra_pipeline.backup import BackupError, BackupRepository, _fs
 
-from .test_repository_helpers import KEY, assert_untouched, fill_disk, read_tree, small_disk, write_tree  # noqa: F401
+from .test_repository_helpers import (  # noqa: F401
+    SIGNING,
+    assert_untouched,
+    fill_disk,
+    read_tree,
+    small_disk,
+    write_tree,
+)
 
 
 def _tree_listing(root):
@@ -17,7 +24,7 @@ def _tree_listing(root):
 
 
 def test_backup_on_a_full_disk_fails_cleanly_and_the_next_one_succeeds(small_disk, tmp_path):
-    repo = BackupRepository(small_disk / "repo", KEY, require_signature=True)
+    repo = BackupRepository(small_disk / "repo", keys=SIGNING, require_signature=True)
     small = write_tree(tmp_path / "small", {"a.txt": b"a" * 5000, "b.txt": b"b" * 7000})
     first = repo.create(small, sources={}).manifest.backup_id
     before = _tree_listing(repo.root)
@@ -35,14 +42,14 @@ def test_backup_on_a_full_disk_fails_cleanly_and_the_next_one_succeeds(small_dis
 
 
 def test_disk_full_at_every_stage_of_a_backup(small_disk, tmp_path, monkeypatch):
-    """With 0, 1, 2... free pages the disk runs out while writing the first object, the second,
-    the file list, the checksum list, the sidecar, the manifest; each time the error is clear and
+    """With 0, 1, 2... free pages the disk runs out while writing the first file's chunk, the
+    second's, the file list, the sidecar, the manifest, the head; each time the error is clear and
     the repository as it was."""
     failed_after: list[tuple[str, ...]] = []
     for free_pages in range(0, 8):
         events: list[str] = []
         monkeypatch.setattr(_fs, "hook", lambda event, **info: events.append(event))
-        repo = BackupRepository(small_disk / f"repo{free_pages}", KEY, require_signature=True)
+        repo = BackupRepository(small_disk / f"repo{free_pages}", keys=SIGNING, require_signature=True)
         first = repo.create(write_tree(tmp_path / "s1", {"a.txt": b"first"}), sources={}).manifest.backup_id
         before = _tree_listing(repo.root)
         filler = fill_disk(small_disk, leave_pages=free_pages)
@@ -61,16 +68,16 @@ def test_disk_full_at_every_stage_of_a_backup(small_disk, tmp_path, monkeypatch)
         again = repo.create(sources, sources={})
         assert repo.verify(again.manifest.backup_id).ok
         shutil.rmtree(repo.root)
-    # The disk ran out at each stage: before the first object was stored, after it, after the file
-    # list, after the checksum list, after the sidecar.
+    # The disk ran out at each stage: before the first file was stored, after it, after the file
+    # list, after the sidecar.
     assert () in failed_after
     assert ("object",) in failed_after or ("object", "object") in failed_after
-    stages = ("object", "object", "file-list", "checksum-list", "sidecar")
-    assert {stages[:3], stages[:4], stages} <= set(failed_after), failed_after
+    stages = ("object", "object", "file-list", "sidecar")
+    assert {stages[:3], stages} <= set(failed_after), failed_after
 
 
 def test_restore_onto_a_full_disk_writes_nothing(small_disk, tmp_path):
-    repo = BackupRepository(tmp_path / "repo", KEY)
+    repo = BackupRepository(tmp_path / "repo", keys=SIGNING)
     files = {"big.bin": os.urandom(3 << 20), "small.txt": b"s"}
     backup_id = repo.create(write_tree(tmp_path / "src", files), sources={}).manifest.backup_id
     target = small_disk / "restored"

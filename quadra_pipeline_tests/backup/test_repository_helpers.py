@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from quadra_pipeline.backup import BackupRepository, SourceFile
+from quadra_pipeline.keys import KeyPair, generate
 
-KEY = "test-secret-key"
+KEY = "test-secret-key"  # format 2's HMAC key
+SIGNING = generate("ed25519")  # format 3's key pair, for the test session
+VERIFY_ONLY = KeyPair(SIGNING.public_pem)  # what an off-site verifier holds
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -65,21 +70,76 @@ def sha256sum_check(root: Path, sidecar: str) -> subprocess.CompletedProcess:
     return subprocess.run(["sha256sum", "--strict", "-c", sidecar], cwd=root, capture_output=True, text=True)
 
 
-def checksum_list_of(root: Path, backup_id: str) -> str:
-    """The checksum-list object's path, as the sidecar's third line names it."""
+def file_list_of(root: Path, backup_id: str) -> str:
+    """The file-list object's path, as the sidecar's second line names it."""
     lines = (root / "manifests" / f"{backup_id}.sha256").read_text().splitlines()
-    return lines[2].split("  ", 1)[1]
+    return lines[1].split("  ", 1)[1]
+
+
+#: The by-hand check of docs/BACKUP_FORMAT.md ("Checking a repository by hand"), verbatim.
+HAND_CHECK = r"""
+id=$1
+sha256sum --strict -c "manifests/$id.sha256" || exit 1
+list=$(sed -n 2p "manifests/$id.sha256" | cut -c67-)
+jq -r '.[].chunks[][0]' "$list" | sort -u | while read -r c; do
+  f=chunks/$(printf %s "$c" | cut -c1-2)/$c
+  if [ "$(head -c4 "$f" | xxd -p)" = 28b52ffd ]; then zstd -dcq "$f"; else cat "$f"; fi     | sha256sum | grep -q "^$c " && echo "$f: OK" || { echo "$f: FAILED"; exit 1; }
+done
+"""
 
 
 def sha256sum_check_backup(root: Path, backup_id: str) -> subprocess.CompletedProcess:
-    """The two-step check of docs/BACKUP_FORMAT.md with the real tool, as a user types it in `root`:
-    `sha256sum -c manifests/<id>.sha256 && sha256sum -c objects/xx/<checksum-list sha>` (the second
-    step skipped for an empty backup, whose checksum list is empty)."""
-    script = (
-        'list=$(sed -n "3s/^[0-9a-f]*  //p" "manifests/$1.sha256") && sha256sum --strict -c "manifests/$1.sha256" '
-        '&& { [ ! -s "$list" ] || sha256sum --strict -c "$list"; }'
-    )
-    return subprocess.run(["sh", "-c", script, "sh", backup_id], cwd=root, capture_output=True, text=True)
+    """The by-hand check of a format-3 backup with the real tools (sha256sum, jq, zstd), as a
+    user types it in `root`."""
+    return subprocess.run(["sh", "-c", HAND_CHECK, "sh", backup_id], cwd=root, capture_output=True, text=True)
+
+
+def chunks_of(repo: BackupRepository, backup_id: str, path: str) -> list[Path]:
+    """The chunk files of one file of a backup, in order."""
+    entry = next(e for e in repo.read_manifest(backup_id).files if e.path == path)
+    return [repo.chunks.path(sha) for sha, _, _ in entry.chunks]
+
+
+def write_format2_backup(root: Path, files: dict[str, bytes], key: str | None, backup_id: str, created_at) -> str:
+    """A format-2 backup, laid out as format 2 writes it (docs/BACKUP_FORMAT.md, "Format 2"),
+    with the format-2 classes the reader itself uses: whole-file objects, file list, checksum
+    list, HMAC-signed manifest, three-line sidecar. Returns the backup id."""
+    from quadra_pipeline.backup import format2
+    from quadra_pipeline.backup.tree import FileEntry
+
+    def put(data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        path = root / "objects" / sha[:2] / sha
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return sha
+
+    entries = tuple(FileEntry(rel, len(data), put(data), 0o644) for rel, data in sorted(files.items()))
+    manifest = format2.Manifest(backup_id, created_at, entries, {"format": 2})
+    if key is not None:
+        manifest = format2.sign(manifest, key)
+    put(manifest.file_list_bytes())
+    put(manifest.checksum_list_bytes())
+    data = manifest.to_json()
+    (root / "manifests").mkdir(parents=True, exist_ok=True)
+    (root / "manifests" / f"{backup_id}.json").write_bytes(data)
+    (root / "manifests" / f"{backup_id}.sha256").write_bytes(format2.sidecar_text(manifest, hashlib.sha256(data).hexdigest()))
+    return backup_id
+
+
+def rewrite_manifest(repo: BackupRepository, backup_id: str, change, *, sign: bool = False, policy=None) -> None:
+    """Edit a format-3 manifest's fields (`change(document)`), keeping it canonical and its
+    sidecar consistent (what a forger with file access but without the key can do); with
+    `sign`, signed again with `policy` (a forger holding a key)."""
+    from quadra_pipeline.backup.format3 import Header, sidecar_text
+
+    document = json.loads(repo.manifest_path(backup_id).read_bytes())
+    change(document)
+    if sign:
+        document = (policy or repo.policy).sign({k: v for k, v in document.items() if k != "signature"})
+    data = Header.from_document(document).to_json()
+    repo.manifest_path(backup_id).write_bytes(data)
+    repo.sidecar_path(backup_id).write_bytes(sidecar_text(Header.from_document(document), hashlib.sha256(data).hexdigest()))
 
 
 def run_python(code: str, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -103,7 +163,7 @@ def flip_byte(path: Path, offset: int = 0) -> None:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> BackupRepository:
-    return BackupRepository(tmp_path / "repo", KEY, require_signature=True)
+    return BackupRepository(tmp_path / "repo", keys=SIGNING, hmac_key=KEY, require_signature=True)
 
 
 def assert_untouched(repo: BackupRepository, ids: list[str]) -> None:
@@ -114,6 +174,7 @@ def assert_untouched(repo: BackupRepository, ids: list[str]) -> None:
         assert report.ok, report.problems
         checked = sha256sum_check_backup(repo.root, backup_id)
         assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert repo.history_problems() == []
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """Real kills (SIGKILL) during backup and restore, and two backups started at once (two processes).
 
-A child process runs `create` or `restore` and kills itself at a chosen point: the k-th object
-stored, the file-list object, the checksum-list object, the sidecar, the manifest, a restored
-file, just before or after the final rename, or in the middle of the k-th buffer written (half
-of it on disk). Other children are killed from outside
+A child process runs `create` or `restore` and kills itself at a chosen point: after the k-th
+file stored, the file-list object, the sidecar, the manifest, the head, a restored file, just
+before or after the final rename, or in the middle of the k-th buffer written (half of it on
+disk: a chunk, or the file list). Other children are killed from outside
 after a delay. After every kill: no new backup that looks complete and is not, the old backups
 verify, `cleanup_staging` removes the leftovers, and the next run succeeds.
 """
@@ -22,14 +22,25 @@ import pytest
 
 from quadra_pipeline.backup import BackupLockedError, BackupRepository, SourceFile
 
-from .test_repository_helpers import KEY, REPO_ROOT, assert_untouched, read_tree, sha256sum_check, write_tree
+from .test_repository_helpers import (
+    REPO_ROOT,
+    SIGNING,
+    assert_untouched,
+    read_tree,
+    sha256sum_check,
+    write_tree,
+)
 
 CHILD = """
 import os, signal, sys, time
 from pathlib import Path
 from quadra_pipeline.backup import BackupRepository, SourceFile, _fs
 
+from quadra_pipeline.keys import load_pair
+
 root, action, arg, event, nth = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+keys = load_pair("ed25519", private_text=None, private_file=Path(os.environ["QUADRA_TEST_BACKUP_KEY"]), public_text=None,
+                 public_file=None, names=("key", "public key"))
 count = 0
 
 def die():
@@ -58,7 +69,7 @@ if event == "write":
         original(fd, view)
     _fs.write_all = write_all
 
-repo = BackupRepository(Path(root), "test-secret-key", require_signature=True)
+repo = BackupRepository(Path(root), keys=keys, require_signature=True)
 print("started", flush=True)
 if action == "create":
     src = Path(arg)
@@ -77,6 +88,13 @@ SMALL_FILES = 5  # plus one large file (pipelined hashing: several 8 MiB buffers
 LARGE = 40 << 20
 
 
+def _key_file() -> Path:
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"quadra-test-backup-key-{os.getpid()}.pem"
+    if not path.exists():
+        path.write_bytes(SIGNING.private_pem)
+    return path
+
+
 def child(root: Path, action: str, arg: str, event: str = "none", nth: int = 0, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(CHILD), str(root), action, arg, event, str(nth)],
@@ -84,8 +102,13 @@ def child(root: Path, action: str, arg: str, event: str = "none", nth: int = 0, 
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO_ROOT,
+        env={**os.environ, "QUADRA_TEST_BACKUP_KEY": str(_key_file())},
         **kwargs,
     )
+
+
+def _repo(root: Path) -> BackupRepository:
+    return BackupRepository(root, keys=SIGNING, require_signature=True)
 
 
 @pytest.fixture(scope="module")
@@ -116,22 +139,23 @@ def _check_after_kill(repo: BackupRepository, base_id: str, source: Path, *, com
     assert sorted(os.listdir(repo.manifests_dir)) == sorted(f"{i}.{e}" for i in [base_id, *new_ids] for e in ("json", "sha256"))
     nxt = repo.create(_sources(source), sources={"run": "next"})
     assert_untouched(repo, [base_id, *new_ids, nxt.manifest.backup_id])
-    repo.gc()  # objects the killed run left are unreferenced: gc removes them, and nothing else
+    repo.gc()  # chunks the killed run left are unreferenced: gc removes them, and nothing else
     assert_untouched(repo, [base_id, *new_ids, nxt.manifest.backup_id])
 
 
 KILL_POINTS = (
     [("object", k, False) for k in range(1, SMALL_FILES + 2)]
-    + [("file-list", 1, False), ("checksum-list", 1, False), ("sidecar", 1, False), ("manifest", 1, True)]
-    # writes: the small objects, the large one (5 buffers), the file list, the checksum list, the sidecar, the manifest
-    + [("write", k, False) for k in (1, 3, SMALL_FILES + 1, SMALL_FILES + 3, *range(SMALL_FILES + 6, SMALL_FILES + 10))]
+    # (after the manifest, before the head: complete; the history accepts the one backup past the head)
+    + [("file-list", 1, False), ("sidecar", 1, False), ("manifest", 1, True), ("head", 1, True)]
+    # writes: the small files' chunks, the large one's (at least 40: 40 MiB in chunks of at most 1 MiB)
+    + [("write", k, False) for k in (1, 3, SMALL_FILES + 1, SMALL_FILES + 3, SMALL_FILES + 20, SMALL_FILES + 39)]
 )
 
 
 @pytest.mark.parametrize(("event", "nth", "completed"), KILL_POINTS, ids=[f"{e}-{n}" for e, n, _ in KILL_POINTS])
 def test_kill_during_backup(tmp_path, trees, event, nth, completed):
     old, new, _ = trees
-    repo = BackupRepository(tmp_path / "repo", KEY, require_signature=True)
+    repo = _repo(tmp_path / "repo")
     base_id = repo.create(_sources(old), sources={"run": "base"}).manifest.backup_id
     process = child(repo.root, "create", str(new), event, nth)
     out, err = process.communicate(timeout=120)
@@ -141,21 +165,23 @@ def test_kill_during_backup(tmp_path, trees, event, nth, completed):
 
 
 def test_the_write_kill_points_land_where_intended(tmp_path, trees):
-    """Count the buffers one run writes: the small objects, the large one in 8 MiB buffers, the
-    file list, the checksum list, the sidecar, the manifest. So the `write` kill points above hit
-    each stage, including mid-object."""
+    """Count the buffers one run writes: one per chunk (the small files' and the large one's),
+    then the file list, the sidecar, the manifest and the head. So the `write` kill points above
+    land inside chunks."""
     _, new, _ = trees
     process = child(tmp_path / "repo", "create", str(new), "write", 10_000)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
-    assert f"writes {SMALL_FILES + LARGE // (8 << 20) + 4}" in out
-    assert LARGE % (8 << 20) == 0 and LARGE // (8 << 20) == 5
+    backup_id = out.split()[-1]
+    chunks = len(_repo(tmp_path / "repo").read_manifest(backup_id).chunks)
+    assert f"writes {chunks + 4}" in out
+    assert chunks >= SMALL_FILES + 40
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
 def test_kill_during_backup_after_a_delay(tmp_path, trees, delay):
     old, new, _ = trees
-    repo = BackupRepository(tmp_path / "repo", KEY, require_signature=True)
+    repo = _repo(tmp_path / "repo")
     base_id = repo.create(_sources(old), sources={"run": "base"}).manifest.backup_id
     process = child(repo.root, "create", str(new))
     assert process.stdout.readline().strip() == "started"
@@ -175,7 +201,7 @@ RESTORE_KILL_POINTS = (
 @pytest.mark.parametrize(("event", "nth", "complete"), RESTORE_KILL_POINTS, ids=[f"{e}-{n}" for e, n, _ in RESTORE_KILL_POINTS])
 def test_kill_during_restore(tmp_path, trees, event, nth, complete):
     _, new, files = trees
-    repo = BackupRepository(tmp_path / "repo", KEY, require_signature=True)
+    repo = _repo(tmp_path / "repo")
     backup_id = repo.create(_sources(new), sources={}).manifest.backup_id
     target = tmp_path / "restored"
     process = child(repo.root, "restore", f"{backup_id}|{target}", event, nth)
@@ -199,7 +225,7 @@ def test_kill_during_restore(tmp_path, trees, event, nth, complete):
 
 def test_two_backups_started_at_once(tmp_path, trees):
     old, new, _ = trees
-    repo = BackupRepository(tmp_path / "repo", KEY, require_signature=True)
+    repo = _repo(tmp_path / "repo")
     base_id = repo.create(_sources(old), sources={"run": "base"}).manifest.backup_id
     # The first backup stops after its first object, holding the lock, until `<new>.go` appears.
     first = child(repo.root, "create", str(new), "hold", 0)
@@ -213,7 +239,7 @@ def test_two_backups_started_at_once(tmp_path, trees):
                 "-c",
                 "import sys; from pathlib import Path;"
                 "from quadra_pipeline.backup import BackupRepository, BackupLockedError, SourceFile\n"
-                "repo = BackupRepository(Path(sys.argv[1]), 'test-secret-key')\n"
+                "repo = BackupRepository(Path(sys.argv[1]))\n"
                 "try:\n"
                 "    repo.create([SourceFile('a', Path(sys.argv[2]))], sources={})\n"
                 "except BackupLockedError as exc:\n"

@@ -40,8 +40,10 @@ with open(source, "wb") as handle:  # varied content, written in small pieces
     for i in range(size >> 20):
         handle.write(block[i % 7:] + block[: i % 7])
 del block
-repo = BackupRepository(work / "repo", "k", require_signature=True)
-other = BackupRepository(work / "other", "k")
+from quadra_pipeline.keys import generate
+keys = generate("ed25519")
+repo = BackupRepository(work / "repo", keys=keys, require_signature=True)
+other = BackupRepository(work / "other", keys=keys)
 steps = {}
 
 def measure(name, call):

@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from quadra_pipeline.backup.errors import BackupError
+from quadra_pipeline.backup.postgres import restore_dump
 from quadra_pipeline.backup.sources import (
     DEFAULT_EXCLUDE,
     REMOTE_NOTE,
@@ -34,8 +35,8 @@ from quadra_pipeline.backup.sources import (
     Snapshot,
     SnapshotError,
     SourceFile,
+    SourceStream,
     is_excluded,
-    restore_pg_dump,
     take_snapshot,
 )
 from quadra_pipeline.store.session import mask_url, normalize_url
@@ -647,9 +648,18 @@ def pg_wrapper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return log
 
 
+def dump_of(snapshot: Snapshot, path: str, into: Path) -> Path:
+    """Read a PostgreSQL part's stream to its end, as the repository does, into a file."""
+    [stream] = [f for f in snapshot.files if f.path == path]
+    assert isinstance(stream, SourceStream)
+    with stream.open() as handle:
+        into.write_bytes(handle.read())
+    return into
+
+
 @pytest.mark.postgres
-def test_postgres_dump_snapshot_and_restore_round_trip(
-    new_postgres_database: Callable[[], str], home: Home, pg_wrapper: Path
+def test_postgres_dump_is_a_plain_stream_and_restores(
+    new_postgres_database: Callable[[], str], home: Home, pg_wrapper: Path, tmp_path: Path
 ) -> None:
     password = "s3cr3t-Pa55word"
     project, mlflow = new_postgres_database(), new_postgres_database()
@@ -660,42 +670,61 @@ def test_postgres_dump_snapshot_and_restore_round_trip(
         database_url=with_password(project, password), mlflow_tracking_uri=with_password(mlflow, password)
     ) as snapshot:
         by_path = {f.path: f for f in snapshot.files}
-        assert list(by_path) == ["checkpoints/a.pt", "mlflow-db/mlflow.pgdump", "project-db/quadra.pgdump"]
-        dump = by_path["project-db/quadra.pgdump"]
-        assert dump.source.read_bytes()[:5] == b"PGDMP" and dump.mode == 0o600
+        assert list(by_path) == ["checkpoints/a.pt", "mlflow-db/mlflow.sql", "project-db/quadra.sql"]
+        assert isinstance(by_path["project-db/quadra.sql"], SourceStream) and by_path["project-db/quadra.sql"].mode == 0o600
         part = snapshot.sources["parts"]["project-db"]
-        assert part["kind"] == "postgresql" and part["method"] == "pg_dump --format=custom"
+        assert "tables" not in part  # counted when the dump runs, in its snapshot
+        dump = dump_of(snapshot, "project-db/quadra.sql", tmp_path / "quadra.sql")
+        assert dump.read_bytes().startswith(b"--\n-- PostgreSQL database dump")
+        assert part["kind"] == "postgresql" and part["method"] == "pg_dump --format=plain, streamed"
         assert part["alembic_revision"] == REVISION
         assert part["tables"] == {"alembic_version": 1, "runs": 50, "extra.things": 3}
         assert part["location"] == mask_url(with_password(project, password))
         assert "***" in part["location"] and part["server_version"] and part["pg_dump_version"]
+        dump_of(snapshot, "mlflow-db/mlflow.sql", tmp_path / "mlflow.sql")
         assert snapshot.sources["parts"]["mlflow-db"]["alembic_revision"] == "mlflow-rev"
         assert password not in json.dumps(snapshot.sources)
 
         # The password travels in PGPASSWORD, never on the command line.
         log = pg_wrapper.read_text()
         args = [line for line in log.splitlines() if line.startswith("ARG ")]
-        assert any(a.startswith("ARG --snapshot=") for a in args)
+        assert any(a.startswith("ARG --snapshot=") for a in args) and "ARG --format=plain" in args
         assert password not in "\n".join(args)
         assert f"PGPASSWORD {password}" in log
 
-        # Round trip into a new database, then over a changed one (--clean).
         target = new_postgres_database()
-        restore_pg_dump(dump.source, with_password(target, password))
-        expected = pg_rows(project)
-        assert pg_rows(target) == expected
-        engine = create_engine(normalize_url(target))
-        with engine.begin() as connection:
-            connection.exec_driver_sql("DELETE FROM runs WHERE id > 10")
-            connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'other'")
-        engine.dispose()
-        restore_pg_dump(dump.source, target)
-        assert pg_rows(target) == expected
+        restore_dump(dump, with_password(target, password))
+        assert pg_rows(target) == pg_rows(project)
+
+
+@pytest.mark.postgres
+def test_an_unchanged_postgres_database_dumps_to_the_same_bytes_without_its_catalogue_rows(
+    new_postgres_database: Callable[[], str], home: Home, tmp_path: Path
+) -> None:
+    """What makes hourly PostgreSQL backups deduplicate: no timestamp, no random restrict key,
+    no compression; and the backup catalogue (which each backup changes) dumped without rows."""
+    project = new_postgres_database()
+    fill_postgres(project, 20)
+    engine = create_engine(normalize_url(project))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE backups (id SERIAL PRIMARY KEY, backup_id TEXT)")
+        connection.exec_driver_sql("INSERT INTO backups (backup_id) VALUES ('b1'), ('b2')")
+    dumps = []
+    for hour in range(2):
+        with home.snapshot(database_url=project, mlflow_tracking_uri="http://mlflow:5000") as snapshot:
+            dumps.append(dump_of(snapshot, "project-db/quadra.sql", tmp_path / f"{hour}.sql").read_bytes())
+            part = snapshot.sources["parts"]["project-db"]
+        with engine.begin() as connection:  # what a backup does to the catalogue
+            connection.exec_driver_sql(f"INSERT INTO backups (backup_id) VALUES ('hour {hour}')")
+    engine.dispose()
+    assert dumps[0] == dumps[1]
+    assert part["tables"]["backups"] == 0 and part["left_out_data"] == ["backups"]
+    assert b"CREATE TABLE public.backups" in dumps[0] and b"COPY public.backups " not in dumps[0] and b"'hour 0'" not in dumps[1]
 
 
 @pytest.mark.postgres
 def test_postgres_counts_match_the_dump_while_writes_continue(
-    new_postgres_database: Callable[[], str], home: Home
+    new_postgres_database: Callable[[], str], home: Home, tmp_path: Path
 ) -> None:
     project = new_postgres_database()
     fill_postgres(project, 10)
@@ -716,9 +745,10 @@ def test_postgres_counts_match_the_dump_while_writes_continue(
         while inserted[0] < 50:
             time.sleep(0.01)
         with home.snapshot(database_url=project, mlflow_tracking_uri="http://mlflow:5000") as snapshot:
+            dump = dump_of(snapshot, "project-db/quadra.sql", tmp_path / "live.sql")
             recorded = snapshot.sources["parts"]["project-db"]["tables"]["runs"]
             target = new_postgres_database()
-            restore_pg_dump(snapshot.files[0].source, target)
+            restore_dump(dump, target)
     finally:
         stop.set()
         thread.join(timeout=30)
@@ -736,8 +766,8 @@ def test_postgres_errors_name_the_database_with_the_password_masked(
     masked = mask_url(url)
 
     missing = with_password(normalize_url(url).set(database="quadra_no_such_db").render_as_string(False), password)
-    with pytest.raises(SnapshotError) as caught:
-        home.snapshot(database_url=missing)
+    with home.snapshot(database_url=missing) as snapshot, pytest.raises(SnapshotError) as caught:
+        dump_of(snapshot, "project-db/quadra.sql", tmp_path / "x.sql")
     message = str(caught.value)
     assert message.startswith(f"cannot back up the project database {mask_url(missing)}: ")
     assert "quadra_no_such_db" in message and "does not exist" in message and password not in message
@@ -745,46 +775,65 @@ def test_postgres_errors_name_the_database_with_the_password_masked(
     failing = tmp_path / "failing"
     failing.mkdir()
     (failing / "pg_dump").write_text(
-        f"#!/bin/sh\necho 'pg_dump: error: simulated failure ({password})' >&2\nexit 1\n"
+        f"#!/bin/sh\ncase \"$1\" in --help|--version) exit 0;; esac\n"
+        f"echo 'pg_dump: error: simulated failure ({password})' >&2\nexit 1\n"
     )
     (failing / "pg_dump").chmod(0o755)
     monkeypatch.setenv("PATH", f"{failing}{os.pathsep}{os.environ['PATH']}")
-    with pytest.raises(SnapshotError) as caught:
-        home.snapshot(database_url=url)
+    with home.snapshot(database_url=url) as snapshot, pytest.raises(SnapshotError) as caught:
+        dump_of(snapshot, "project-db/quadra.sql", tmp_path / "y.sql")
     assert str(caught.value) == (
         f"cannot back up the project database {masked}: pg_dump failed (exit 1): "
         "pg_dump: error: simulated failure (***)"
     )
 
+    (failing / "pg_dump").write_text("#!/bin/sh\ncase \"$1\" in --help|--version) exit 0;; esac\nsleep 30\n")
+    with home.snapshot(database_url=url, dump_timeout=1) as snapshot, pytest.raises(SnapshotError) as caught:
+        started = time.monotonic()
+        dump_of(snapshot, "project-db/quadra.sql", tmp_path / "z.sql")
+    assert str(caught.value) == f"cannot back up the project database {masked}: pg_dump did not finish within 1 s (killed)"
+    assert time.monotonic() - started < 10
+
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    with pytest.raises(SnapshotError, match=r"pg_dump was not found on PATH") as caught:
-        home.snapshot(database_url=url)
+    with home.snapshot(database_url=url) as snapshot, pytest.raises(SnapshotError, match=r"pg_dump was not found on PATH") as caught:
+        dump_of(snapshot, "project-db/quadra.sql", tmp_path / "w.sql")
     assert masked in str(caught.value) and password not in str(caught.value)
     with pytest.raises(SnapshotError, match=r"pg_restore was not found on PATH"):
-        restore_pg_dump(write(tmp_path / "x.pgdump", b"PGDMP"), url)
+        restore_dump(write(tmp_path / "x.pgdump", b"PGDMP"), url)
+    with pytest.raises(SnapshotError, match=r"psql was not found on PATH"):
+        restore_dump(write(tmp_path / "x.sql", b"select 1;"), url)
     assert leftover_workdirs(home.backups) == []
 
 
-def test_restore_pg_dump_refuses_bad_input(tmp_path: Path) -> None:
+def test_restore_dump_refuses_bad_input(tmp_path: Path) -> None:
     url = "postgresql://app:hunter2@127.0.0.1:5432/quadra"
     with pytest.raises(SnapshotError) as caught:
-        restore_pg_dump(tmp_path / "missing.pgdump", url)
+        restore_dump(tmp_path / "missing.sql", url)
     assert str(caught.value) == (
-        f"cannot restore {tmp_path / 'missing.pgdump'} into "
+        f"cannot restore {tmp_path / 'missing.sql'} into "
         "postgresql+psycopg2://app:***@127.0.0.1:5432/quadra: the dump file does not exist"
     )
     with pytest.raises(SnapshotError, match="not a PostgreSQL database URL"):
-        restore_pg_dump(write(tmp_path / "x.pgdump", b"PGDMP"), "sqlite:///x.db")
+        restore_dump(write(tmp_path / "x.pgdump", b"PGDMP"), "sqlite:///x.db")
+    with pytest.raises(SnapshotError, match="neither a custom-format dump"):
+        restore_dump(write(tmp_path / "x.txt", b"hello"), url)
 
 
 @pytest.mark.postgres
-def test_restore_of_a_corrupt_dump_changes_nothing(new_postgres_database: Callable[[], str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".sql", ".pgdump"])
+def test_restore_of_a_corrupt_dump_changes_nothing(new_postgres_database: Callable[[], str], tmp_path: Path, suffix: str) -> None:
     target = new_postgres_database()
     fill_postgres(target, 5)
     before = pg_rows(target)
-    bad = write(tmp_path / "bad.pgdump", b"PGDMP" + os.urandom(2000))
-    with pytest.raises(SnapshotError, match=r"cannot restore .*bad\.pgdump into .*: pg_restore failed \(exit 1\): "):
-        restore_pg_dump(bad, target)
+    content = b"PGDMP" + os.urandom(2000) if suffix == ".pgdump" else b"CREATE TABLE fine (x int);\nTHIS IS NOT SQL;\n"
+    bad = write(tmp_path / f"bad{suffix}", content)
+    tool = "pg_restore" if suffix == ".pgdump" else "psql"
+    with pytest.raises(SnapshotError, match=rf"cannot restore .*bad\{suffix} into .*: {tool} failed \(exit [0-9]+\): "):
+        restore_dump(bad, target)
     assert pg_rows(target) == before
+    engine = create_engine(normalize_url(target))
+    with engine.connect() as connection:  # one transaction: the table before the error is not there either
+        assert connection.exec_driver_sql("SELECT to_regclass('fine')").scalar() is None
+    engine.dispose()

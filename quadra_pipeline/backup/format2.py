@@ -1,23 +1,11 @@
-"""The manifest: one backup's id and time, the sources' versions, and the SHA-256s of its two
-metadata objects (the file list and the checksum list), signed with HMAC-SHA256.
+"""Format 2 (read, verify, restore; no longer written): whole-file objects, an HMAC-signed manifest.
 
-Format version 2 keeps the per-backup metadata O(1): the list of files (path, size, SHA-256,
-mode) is not in the manifest but in a content-addressed *file-list object*, and the `sha256sum`
-lines of every data object in a content-addressed *checksum-list object*. The manifest names both
-by their SHA-256 (`files_object`, `checksums_object`), with `file_count` and `total_bytes`, so the
-signature covers the file list through its hash, and backups of an unchanged system share both
-objects (each adds only its small manifest and a three-line sidecar).
-
-The signature covers the *canonical JSON* of every manifest field but the signature itself: keys
-sorted, no whitespace, ASCII only (`json.dumps(..., sort_keys=True, separators=(",", ":"),
-ensure_ascii=True, allow_nan=False)`). The file on disk (`to_json`) is the same document, one
-top-level field per line for people, with the signature added. The file list is canonical JSON
-too, one entry per line (`encode_file_list`), and only that exact encoding is accepted, so its
-hash names one list. docs/BACKUP_FORMAT.md describes every field.
-
-Everything here is validated on construction, so a `Manifest` in memory never names a path that
-could leave the restore tree: `..`, absolute paths, empty or `.` components, control characters,
-file-type bits in a mode (a symlink or a device) are refused with `UnsafePathError`.
+A backup is `manifests/<id>.json` (this module's `ManifestHeader`: id, time, sources, and the
+SHA-256s of its file-list object and its checksum-list object), `manifests/<id>.sha256` (three
+`sha256sum` lines: the manifest, the file list, the checksum list) and `objects/ab/<sha256>`: each
+file's content, stored raw under its SHA-256. The signature is HMAC-SHA256 under
+`QUADRA_SECRET_KEY` over the canonical JSON of the manifest without the signature. Format 3
+(`format3.py`) replaced it; docs/BACKUP_FORMAT.md describes both.
 """
 
 from __future__ import annotations
@@ -27,22 +15,26 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
-import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
 from .errors import BackupError, UnsafePathError
+from .names import (
+    FORMAT_NAME,
+    canonical,
+    check_backup_id,
+    format_time,
+    is_sha256,
+    normalize_sources,
+    object_relpath,
+    parse_time,
+)
+from .tree import FileEntry, check_tree, decode_file_list, encode_file_list
 
-FORMAT_NAME = "quadra-backup"
 FORMAT_VERSION = 2
-
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_BACKUP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_CREATED_AT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 _TOP_LEVEL_KEYS = {
     "format",
     "format_version",
@@ -56,173 +48,11 @@ _TOP_LEVEL_KEYS = {
     "signature",
 }
 _REQUIRED_KEYS = _TOP_LEVEL_KEYS - {"signature"}
-_FILE_KEYS = {"path", "size", "sha256", "mode"}
-_MAX_PATH = 4096
-_MAX_COMPONENT = 255
+_SIDECAR_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
+MAX_METADATA_BYTES = 256 << 20
 
-
-def check_relative_path(path: object, where: str = "manifest") -> str:
-    """A relative POSIX path that stays inside the tree, or `UnsafePathError` saying why not."""
-    if not isinstance(path, str):
-        raise UnsafePathError(f"path {path!r} in {where} is not a string")
-    if path == "":
-        raise UnsafePathError(f"empty path in {where}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
-        raise UnsafePathError(f"path {path!r} in {where} contains a control character")
-    if path.startswith("/"):
-        raise UnsafePathError(f"absolute path {path!r} in {where}")
-    if "\\" in path:
-        raise UnsafePathError(f"path {path!r} in {where} contains a backslash")
-    parts = path.split("/")
-    if ".." in parts:
-        raise UnsafePathError(f"path {path!r} in {where} contains '..'")
-    if any(part in ("", ".") for part in parts):
-        raise UnsafePathError(f"path {path!r} in {where} is not normalized (empty or '.' component)")
-    encoded = path.encode("utf-8", "surrogateescape")
-    if len(encoded) > _MAX_PATH or any(len(p.encode("utf-8", "surrogateescape")) > _MAX_COMPONENT for p in parts):
-        raise UnsafePathError(f"path {path[:80]!r}... in {where} is too long")
-    return path
-
-
-def check_mode(mode: object, path: str, where: str = "manifest") -> int:
-    """Permission bits only (0o000-0o777); a symlink or device type is an `UnsafePathError`."""
-    if not isinstance(mode, int) or isinstance(mode, bool) or mode < 0:
-        raise BackupError(f"{path!r} in {where}: mode {mode!r} is not a permission number")
-    kind = stat.S_IFMT(mode)
-    if stat.S_ISLNK(mode):
-        raise UnsafePathError(f"{path!r} in {where} is a symlink (mode {mode:o}); only regular files are allowed")
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        raise UnsafePathError(f"{path!r} in {where} is a device (mode {mode:o}); only regular files are allowed")
-    if kind and not stat.S_ISREG(mode):
-        raise UnsafePathError(f"{path!r} in {where} is not a regular file (mode {mode:o})")
-    if stat.S_IMODE(mode) & ~0o777:
-        raise BackupError(f"{path!r} in {where}: mode {mode:o} has setuid, setgid or sticky bits; refusing them")
-    return stat.S_IMODE(mode)
-
-
-def check_backup_id(backup_id: object) -> str:
-    if not isinstance(backup_id, str) or not _BACKUP_ID_RE.fullmatch(backup_id):
-        raise BackupError(
-            f"backup id {backup_id!r} is not valid (letters, digits, '.', '_', '-', at most 128, not starting with a symbol)"
-        )
-    return backup_id
-
-
-def is_sha256(value: object) -> bool:
-    return isinstance(value, str) and _SHA256_RE.fullmatch(value) is not None
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One file of the restore tree: relative POSIX path, size in bytes, SHA-256 (hex), permission bits."""
-
-    path: str
-    size: int
-    sha256: str
-    mode: int = 0o644
-
-    def __post_init__(self) -> None:
-        check_relative_path(self.path)
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
-            raise BackupError(f"{self.path!r} in manifest: size {self.size!r} is not a byte count")
-        if not is_sha256(self.sha256):
-            raise BackupError(f"{self.path!r} in manifest: sha256 {self.sha256!r} is not 64 lowercase hex digits")
-        object.__setattr__(self, "mode", check_mode(self.mode, self.path))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "sha256": self.sha256, "mode": f"{self.mode:04o}"}
-
-    @classmethod
-    def from_dict(cls, data: object) -> FileEntry:
-        if not isinstance(data, Mapping):
-            raise BackupError(f"a file entry is a {type(data).__name__}, not an object")
-        unknown = set(data) - _FILE_KEYS
-        if unknown:
-            raise BackupError(f"file entry {data.get('path')!r} has unknown fields {sorted(unknown)}")
-        missing = {"path", "size", "sha256"} - set(data)
-        if missing:
-            raise BackupError(f"file entry {data.get('path')!r} lacks {sorted(missing)}")
-        mode: Any = data.get("mode", "0644")
-        if isinstance(mode, str):
-            if not re.fullmatch(r"[0-7]{1,7}", mode):
-                raise BackupError(f"{data['path']!r} in manifest: mode {mode!r} is not an octal number")
-            mode = int(mode, 8)
-        return cls(path=data["path"], size=data["size"], sha256=data["sha256"], mode=mode)
-
-
-def _format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(text: object) -> datetime:
-    if not isinstance(text, str) or not _CREATED_AT_RE.fullmatch(text):
-        raise BackupError(f"created_at {text!r} is not a UTC time like 2026-11-29T16:00:00.000000Z")
-    try:
-        return datetime.fromisoformat(text[:-1] + "+00:00")
-    except ValueError:
-        raise BackupError(f"created_at {text!r} is not a valid time") from None
-
-
-def _normalize_sources(sources: object) -> dict[str, Any]:
-    if not isinstance(sources, Mapping):
-        raise BackupError(f"sources must be a mapping, got a {type(sources).__name__}")
-    try:
-        return json.loads(json.dumps(dict(sources), sort_keys=True, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise BackupError(f"sources are not JSON-serialisable: {exc}") from None
-
-
-def _check_tree(files: tuple[FileEntry, ...]) -> None:
-    paths: set[str] = set()
-    for entry in files:
-        if entry.path in paths:
-            raise BackupError(f"path {entry.path!r} is listed twice in the manifest")
-        paths.add(entry.path)
-    for entry in files:
-        parts = entry.path.split("/")
-        for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            if parent in paths:
-                raise UnsafePathError(f"path {entry.path!r} in manifest lies under {parent!r}, which is a file")
-
-
-def object_relpath(sha256: str) -> str:
-    """Where an object lives, relative to the repository root: `objects/ab/<sha256>`."""
-    return f"objects/{sha256[:2]}/{sha256}"
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
-
-
-def encode_file_list(files: Iterable[FileEntry]) -> bytes:
-    """The file-list object: a JSON array of the entries (sorted by path), one canonical entry per line.
-
-    `[` and `]` on lines of their own, entries separated by `,` + newline, a final newline;
-    an empty list is `[]` + newline. Only this exact encoding is accepted (`decode_file_list`).
-    """
-    entries = [_canonical(entry.to_dict()) for entry in files]
-    if not entries:
-        return b"[]\n"
-    return b"[\n" + b",\n".join(entries) + b"\n]\n"
-
-
-def decode_file_list(data: bytes) -> tuple[FileEntry, ...]:
-    """The entries of a file-list object, validated (paths, tree, sorted, canonical encoding)."""
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BackupError(f"not valid JSON ({exc})") from None
-    if not isinstance(document, list):
-        raise BackupError(f"a JSON {type(document).__name__}, not a list of files")
-    files = tuple(FileEntry.from_dict(item) for item in document)
-    _check_tree(files)
-    paths = [entry.path for entry in files]
-    if paths != sorted(paths):
-        raise BackupError("the files are not sorted by path")
-    if encode_file_list(files) != data:
-        raise BackupError("not in canonical form (one canonical JSON entry per line)")
-    return files
+#: (bytes, None) or (None, problem): reads a metadata object by SHA-256, checked against its name.
+MetadataLoader = Callable[[str], "tuple[bytes | None, str | None]"]
 
 
 def encode_checksum_list(object_ids: Iterable[str]) -> bytes:
@@ -262,7 +92,7 @@ class ManifestHeader:
         if not isinstance(self.created_at, datetime) or self.created_at.utcoffset() is None:
             raise BackupError(f"backup {self.backup_id}: created_at must be a timezone-aware datetime")
         object.__setattr__(self, "created_at", self.created_at.astimezone(UTC))
-        object.__setattr__(self, "sources", _normalize_sources(self.sources))
+        object.__setattr__(self, "sources", normalize_sources(self.sources))
         for name in ("files_object", "checksums_object"):
             if not is_sha256(getattr(self, name)):
                 raise BackupError(f"backup {self.backup_id}: {name} {getattr(self, name)!r} is not 64 lowercase hex digits")
@@ -277,7 +107,7 @@ class ManifestHeader:
             "format": FORMAT_NAME,
             "format_version": self.format_version,
             "backup_id": self.backup_id,
-            "created_at": _format_time(self.created_at),
+            "created_at": format_time(self.created_at),
             "sources": self.sources,
             "files_object": self.files_object,
             "checksums_object": self.checksums_object,
@@ -287,7 +117,7 @@ class ManifestHeader:
 
     def signed_bytes(self) -> bytes:
         """The canonical JSON the signature covers: everything but the signature."""
-        return _canonical(self._document())
+        return canonical(self._document())
 
     def to_json(self) -> bytes:
         """The manifest file: one top-level field per line (keys sorted), each value compact JSON."""
@@ -319,7 +149,7 @@ class ManifestHeader:
             raise BackupError(f"manifest has unknown fields {sorted(unknown)}")
         return cls(
             backup_id=check_backup_id(document["backup_id"]),
-            created_at=_parse_time(document["created_at"]),
+            created_at=parse_time(document["created_at"]),
             sources=document["sources"],
             files_object=document["files_object"],
             checksums_object=document["checksums_object"],
@@ -368,9 +198,9 @@ class Manifest:
         files = tuple(self.files)
         if not all(isinstance(f, FileEntry) for f in files):
             raise BackupError(f"backup {self.backup_id}: files must be FileEntry objects")
-        _check_tree(files)
+        check_tree(files)
         object.__setattr__(self, "files", tuple(sorted(files, key=lambda entry: entry.path)))
-        object.__setattr__(self, "sources", _normalize_sources(self.sources))
+        object.__setattr__(self, "sources", normalize_sources(self.sources))
         _check_version(self.format_version, f"backup {self.backup_id}: manifest ")
         if self.signature is not None and not is_sha256(self.signature):
             raise BackupError(f"backup {self.backup_id}: signature is not 64 lowercase hex digits")
@@ -451,7 +281,7 @@ class Manifest:
         if digest != header.files_object:
             raise BackupError(f"file list {rel} hashes to {digest[:12]}..., not its name (altered or flipped bytes)")
         try:
-            files = decode_file_list(file_list)
+            files = decode_file_list(file_list, chunked=False)
         except UnsafePathError:
             raise
         except BackupError as exc:
@@ -490,11 +320,128 @@ def signature_ok(manifest: Manifest | ManifestHeader, key: str | bytes) -> bool:
     return hmac.compare_digest(compute_signature(manifest, key), manifest.signature)
 
 
-def new_backup_id(now: datetime | None = None) -> str:
-    """Sortable by time and unique: '20261129T160000Z-3f9a1c2b' (UTC second, then 8 hex digits:
-    the microsecond in the high 20 bits and 12 random bits, so ids of one second still sort by time)."""
-    moment = now if now is not None else datetime.now(UTC)
-    if moment.utcoffset() is None:
-        raise BackupError("new_backup_id needs a timezone-aware time")
-    moment = moment.astimezone(UTC)
-    return f"{moment:%Y%m%dT%H%M%SZ}-{(moment.microsecond << 12) | secrets.randbits(12):08x}"
+
+
+def sidecar_text(manifest: Manifest | ManifestHeader, manifest_sha256: str) -> bytes:
+    """`sha256sum` format, paths relative to the repository root, three lines: the manifest file,
+    the file-list object, the checksum-list object."""
+    lines = [
+        f"{manifest_sha256}  manifests/{manifest.backup_id}.json",
+        f"{manifest.files_object}  {object_relpath(manifest.files_object)}",
+        f"{manifest.checksums_object}  {object_relpath(manifest.checksums_object)}",
+    ]
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+# Reading and checking a format-2 backup ------------------------------------------------------
+
+
+def sidecar_entries(sidecar: bytes) -> tuple[list[tuple[str, str]], list[str]]:
+    """((path, sha256) per well-formed line, problems) of a `sha256sum` sidecar."""
+    try:
+        lines = sidecar.decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        return [], ["is not ASCII text"]
+    entries, problems = [], []
+    for number, line in enumerate(lines, 1):
+        match = _SIDECAR_LINE.fullmatch(line)
+        if not match:
+            problems.append(f"line {number} is not '<sha256>  <path>'")
+            continue
+        entries.append((match.group(2), match.group(1)))
+    return entries, problems
+
+
+def sidecar_problems(backup_id: str, expected: list[tuple[str, str]], sidecar: bytes | None) -> list[str]:
+    """How a sidecar differs from the lines `expected` ((path, sha256), in order; the first is
+    the manifest file)."""
+    rel = f"manifests/{backup_id}.sha256"
+    if sidecar is None:
+        return [f"checksum sidecar {rel} is missing"]
+    entries, bad = sidecar_entries(sidecar)
+    problems = [f"checksum sidecar {rel} {p}" for p in bad]
+    listed = dict(entries)
+    manifest_rel, manifest_sha = expected[0]
+    if manifest_rel not in listed:
+        problems.append(f"checksum sidecar {rel} does not list {manifest_rel}")
+    elif listed[manifest_rel] != manifest_sha:
+        problems.append(f"{manifest_rel} does not match the SHA-256 in {rel} (manifest or sidecar altered)")
+    for path, sha in expected[1:]:
+        if listed.get(path) != sha:
+            problems.append(f"checksum sidecar {rel} does not list {path}")
+    for path in sorted(set(listed) - {path for path, _ in expected}):
+        problems.append(f"checksum sidecar {rel} lists {path}, which the manifest does not name")
+    if not problems and [path for path, _ in entries] != [path for path, _ in expected]:
+        order = ", ".join(["manifest", "file list", "checksum list"][: len(expected)])
+        count = {2: "two", 3: "three"}.get(len(expected), str(len(expected)))
+        problems.append(f"checksum sidecar {rel} is not {count} lines in the order: {order}")
+    return problems
+
+
+def check_manifest(
+    backup_id: str, data: bytes, sidecar: bytes | None, load: MetadataLoader, signature_problem: Callable[[bytes, str | None, str], str | None]
+) -> tuple[Manifest | None, list[str]]:
+    """Parse and check one format-2 manifest and its two metadata objects: name == id inside,
+    signature, sidecar, the file list (hashes to its name, parses, agrees with the counts and
+    the checksum list), the checksum list. Not the data objects. (manifest, problems)."""
+    rel = f"manifests/{backup_id}.json"
+    try:
+        header = ManifestHeader.from_json(data)
+    except BackupError as exc:
+        return None, [f"{rel}: {exc}"]
+    problems = []
+    if header.backup_id != backup_id:
+        problems.append(f"{rel} holds backup {header.backup_id!r}, not {backup_id!r} (manifest swapped, renamed or replayed)")
+    problem = signature_problem(header.signed_bytes(), header.signature, rel)
+    if problem:
+        problems.append(problem)
+    expected = [
+        (rel, hashlib.sha256(data).hexdigest()),
+        (object_relpath(header.files_object), header.files_object),
+        (object_relpath(header.checksums_object), header.checksums_object),
+    ]
+    problems += sidecar_problems(backup_id, expected, sidecar)
+    files_rel = object_relpath(header.files_object)
+    file_list, problem = load(header.files_object)
+    if problem:
+        problems.append(f"file list {files_rel} {problem}")
+    _, problem = load(header.checksums_object)
+    if problem:
+        problems.append(f"checksum list {object_relpath(header.checksums_object)} {problem}")
+    if file_list is None:
+        return None, problems
+    try:
+        files = decode_file_list(file_list, chunked=False)
+    except UnsafePathError as exc:
+        raise UnsafePathError(f"backup {backup_id}: file list {files_rel}: {exc}") from None
+    except BackupError as exc:
+        return None, problems + [f"file list {files_rel}: {exc}"]
+    manifest = Manifest(header.backup_id, header.created_at, files, header.sources, header.format_version, header.signature)
+    problems += [f"{rel}: {p}" for p in header.mismatches(manifest)]
+    return manifest, problems
+
+
+def listed_objects(data: bytes) -> set[str] | None:
+    """The data objects a file list or a checksum list names (read leniently: for gc, naming too
+    much is safe), or None if `data` is neither."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        document = None
+    if isinstance(document, list):
+        return {item["sha256"] for item in document if isinstance(item, dict) and is_sha256(item.get("sha256"))}
+    found: set[str] = set()
+    recognised = not data
+    for line in data.decode("ascii", "replace").splitlines():
+        match = _SIDECAR_LINE.fullmatch(line)
+        if match and match.group(2) == object_relpath(match.group(1)):
+            found.add(match.group(1))
+            recognised = True
+    return found if recognised else None
+
+
+def group_by_object(files: Iterable[FileEntry]) -> dict[str, list[FileEntry]]:
+    groups: dict[str, list[FileEntry]] = {}
+    for entry in files:
+        groups.setdefault(entry.sha256, []).append(entry)
+    return groups

@@ -1,5 +1,6 @@
-"""The manifest: JSON round trip, canonical signing, validation of every field, and its two
-content-addressed metadata objects (the file list and the checksum list)."""
+"""Format 2's manifest (still read, verified and restored): JSON round trip, canonical HMAC
+signing, validation of every field, its two metadata objects (file list and checksum list);
+and the restore-tree rules both formats share (paths, modes, trees, backup ids)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,21 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from quadra_pipeline.backup import BackupError, FileEntry, Manifest, UnsafePathError, new_backup_id, sign, signature_ok
-from quadra_pipeline.backup.manifest import ManifestHeader, decode_file_list, encode_checksum_list, encode_file_list
+from quadra_pipeline.backup import BackupError, FileEntry, UnsafePathError
+from quadra_pipeline.backup.format2 import (
+    Manifest,
+    ManifestHeader,
+    encode_checksum_list,
+    sign,
+    signature_ok,
+)
+from quadra_pipeline.backup.names import new_backup_id
+from quadra_pipeline.backup.tree import decode_file_list as _decode
+from quadra_pipeline.backup.tree import encode_file_list
+
+
+def decode_file_list(data: bytes):
+    return _decode(data, chunked=False)
 
 SHA = hashlib.sha256(b"x").hexdigest()
 WHEN = datetime(2026, 11, 29, 16, 0, 0, 123456, tzinfo=UTC)
