@@ -11,8 +11,10 @@ Storing: `chunks/ab/<sha256>`, named by the SHA-256 of the chunk's content. A ch
 as a zstd frame when that makes it at least `WORTH` smaller, raw otherwise (random or already
 compressed data): the stored bytes start with the zstd frame magic (28 b5 2f fd) exactly when
 they are compressed, and a chunk whose own content starts with that magic is always stored
-compressed, so there is never any doubt. Each chunk is written to staging, fsynced, read back
-and checked, then renamed into place: what a backup wrote is checked once, when it is written.
+compressed, so there is never any doubt. A compressed chunk is decompressed and re-hashed before
+it is written; each new chunk goes to staging and is renamed into place; the file system is
+synced once before the manifest is written, and the backup's integrity check re-reads the new
+chunks from disk: what a backup wrote is checked once, right after it is written.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ ZSTD_LEVEL = 3
 WORTH = 0.95  # store compressed only if it saves at least 5%
 #: After this many chunks of a file in a row that did not compress, try only every `RETRY`th.
 GIVE_UP, RETRY = 4, 16
+#: Chunks cut but not yet stored, at most (bounds memory: IN_FLIGHT x MAXIMUM).
+IN_FLIGHT = 16
 
 
 def chunk_relpath(sha256: str) -> str:
@@ -280,8 +284,6 @@ def store_stream(
         stored = [future.result() for future in chunks]
     return whole.hexdigest(), size, stored
 
-
-IN_FLIGHT = 16
 
 
 def _store_piece(store: ChunkStore, piece: memoryview, staging: Path, codec: _Compression, added: list[Path]) -> Chunk:

@@ -23,6 +23,10 @@ class UnknownBackupError(BackupError):
     """No complete backup with that id in the repository."""
 
 
+class SnapshotError(BackupError):
+    """A source cannot be snapshotted (or a dump restored); one line, passwords masked."""
+
+
 class UnsafePathError(BackupError):
     """A manifest or archive names a path outside the tree ('..', absolute), a symlink or a device."""
 

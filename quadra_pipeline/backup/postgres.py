@@ -22,8 +22,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -32,7 +30,8 @@ from sqlalchemy import URL
 
 from ..store.errors import StoreError
 from ..store.session import mask_url, normalize_url
-from .errors import BackupError
+from .child import child_stream
+from .errors import BackupError, SnapshotError
 
 PG_CONNECT_TIMEOUT_S = 10
 DUMP_TIMEOUT_S = 3600
@@ -48,10 +47,6 @@ _LIBPQ_PARAMS = frozenset(
         "target_session_attrs", "load_balance_hosts",
     }
 )
-
-
-class SnapshotError(BackupError):
-    """A source cannot be snapshotted (or a dump restored); one line, passwords masked."""
 
 
 def parse(url: str, label: str) -> URL:
@@ -196,8 +191,10 @@ def dump_stream(
                 # The left-out tables' rows, and their sequences' values (which move with each row).
                 left_out = [*leave_out_data, *_owned_sequences(connection, leave_out_data)]
                 argv += [f"--exclude-table-data={_ident(name)}" for name in left_out]
-                with _pg_dump(argv + [f"--snapshot={snapshot_id}", f"--dbname={conninfo}"], env, what, parsed.password, timeout) as out:
-                    yield out
+                with child_stream(argv + [f"--snapshot={snapshot_id}", f"--dbname={conninfo}"], env=env, what=what,
+                                  name="pg_dump", timeout=timeout, error=SnapshotError,
+                                  failure=lambda code, text: f"pg_dump failed (exit {code}): {_detail(text, parsed.password)}") as dump:
+                    yield dump.stdout
     except DBAPIError as exc:
         detail = _first_line(getattr(exc, "orig", None) or exc)
         raise SnapshotError(f"{what}: {detail.replace(parsed.password, '***') if parsed.password else detail}") from None
@@ -228,42 +225,6 @@ def _row_counts(connection: Any, leave_out: tuple[str, ...]) -> dict[str, int]:
             connection.exec_driver_sql(f'SELECT count(*) FROM "{_ident(schema)}"."{_ident(table)}"').scalar_one()
         )
     return counts
-
-
-@contextlib.contextmanager
-def _pg_dump(argv: list[str], env: dict[str, str], what: str, password: str | None, timeout: float) -> Iterator[IO[bytes]]:
-    with tempfile.TemporaryFile() as errors:
-        try:
-            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
-                                       start_new_session=True)
-        except OSError as exc:
-            raise SnapshotError(f"{what}: cannot run pg_dump: {exc.strerror or exc}") from None
-        killed = threading.Event()
-
-        def kill() -> None:  # the whole process group: a wrapper script's children too
-            killed.set()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            assert process.stdout is not None
-            yield process.stdout
-            process.stdout.read()  # to the end, whatever the reader did
-            code = process.wait()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
-            process.wait()
-            raise
-        finally:
-            timer.cancel()
-        if killed.is_set():
-            raise SnapshotError(f"{what}: pg_dump did not finish within {timeout:g} s (killed)")
-        if code != 0:
-            errors.seek(0)
-            raise SnapshotError(f"{what}: pg_dump failed (exit {code}): {_detail(errors.read().decode('utf-8', 'replace'), password)}")
 
 
 # Restoring and swapping ---------------------------------------------------------------------

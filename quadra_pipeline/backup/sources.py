@@ -6,12 +6,12 @@
 
 Pure Python (no Dagster). A `Snapshot` lists every file to store (`SourceFile`: its path in the
 restore tree, where to read it, its mode) and describes the sources (`Snapshot.sources`, JSON-able).
-It owns a temporary directory with the database copies; `close()` (or leaving the `with` block)
-removes it.
+It owns a scratch directory (for the fallback copy of a SQLite database whose WAL a reader
+holds: sqlite_stream.py); `close()` (or leaving the `with` block) removes it.
 
 Restore-tree layout
 -------------------
-    project-db/quadra.db        the project database, SQLite         (online backup API copy)
+    project-db/quadra.db        the project database, SQLite         (the file, in a read transaction, streamed)
     project-db/quadra.sql       the project database, PostgreSQL     (pg_dump --format=plain, streamed)
     mlflow-db/mlflow.db         the MLflow tracking/registry database, SQLite
     mlflow-db/mlflow.sql        the MLflow tracking/registry database, PostgreSQL
@@ -22,14 +22,14 @@ Restore-tree layout
 
 How each source is taken
 ------------------------
-- SQLite: through the online backup API (`sqlite3.Connection.backup`, all pages in one step, so
-  under one read transaction), never a raw copy of the live file: the copy is a consistent
-  database even while other processes write. It is switched to `journal_mode=DELETE` so it is
-  one self-contained file (`make_engine` turns WAL back on when the restored file is opened),
-  the backup catalogue's rows are left out (`CATALOGUE_TABLE`), and it must pass
-  `PRAGMA quick_check`. An unchanged database copies to the same bytes every time.
+- SQLite: `sqlite_stream.snapshot_stream`, read by the repository as it stores it: the database
+  file itself, streamed in one read transaction in which nothing can change it (a child process
+  does the reading; the row counts come from the same read), never a raw copy taken outside a
+  transaction. The restored file is a consistent database (`make_engine` turns WAL back on when
+  it is opened); the restore drill opens it and checks its integrity and row counts. An
+  unchanged database streams to the same bytes every time.
 - PostgreSQL: `postgres.dump_stream`, read by the repository as it stores it (a plain dump in
-  an exported snapshot; the catalogue's rows left out there too).
+  an exported snapshot; the catalogue's rows left out: `CATALOGUE_TABLE`).
 - MLflow: the tracking database (`sqlite:///...` or PostgreSQL, as above) and the local artifact
   root. With an `http(s)://` tracking URI the server's database is backed up through
   `mlflow_backend_uri` (QUADRA_MLFLOW_BACKEND_URI) when it is set; otherwise `sources` records it
@@ -77,12 +77,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..store.session import mask_url
 from . import postgres
-from .postgres import SnapshotError
+from .errors import SnapshotError
 from .postgres import parse as _parse
 from .repository import (  # one definition each, shared with the repository
     SourceFile,
     SourceStream,
 )
+from .sqlite_stream import snapshot_stream
 
 #: Restore-tree folders.
 PROJECT_DB, MLFLOW_DB, ARTIFACTS, CHECKPOINTS = "project-db", "mlflow-db", "mlartifacts", "checkpoints"
@@ -113,11 +114,10 @@ TEMPORARY_PATTERNS: tuple[str, ...] = ("*.tmp", ".*.tmp")
 REMOTE_NOTE = "remote: not reachable from here (set QUADRA_MLFLOW_BACKEND_URI to back up the server's database)"
 WORKDIR_PREFIX = "quadra-snapshot-"
 PACKAGES = ("quadra-pipeline", "mlflow", "torch")
-#: Seconds a SQLite backup waits for a writer's lock.
-SQLITE_TIMEOUT_S = 60
-#: The project database's backup catalogue: its rows are left out of every copy (each backup
-#: changes it, so an unchanged system would otherwise never back up to the same bytes); it is
-#: rebuilt from the repository's manifests after a restore.
+#: The project database's backup catalogue: each backup changes it, so its rows are left out of
+#: PostgreSQL dumps (an unchanged system then dumps to the same bytes). A SQLite database is
+#: streamed as the file it is, so there it is included (the page or two it changes cost a chunk
+#: or two an hour). Either way a restore reconciles it with the repository's manifests.
 CATALOGUE_TABLE = "backups"
 
 
@@ -312,8 +312,8 @@ def _snapshot_database(
     leave_out: tuple[str, ...] = (), secret: str | None = None, timeout: float = postgres.DUMP_TIMEOUT_S,
 ) -> tuple[list[SourceFile | SourceStream], dict[str, Any]]:
     kind = _classify(url)
-    if kind == "sqlite":
-        return _snapshot_sqlite(url, folder, stem, label, directory, live, leave_out)
+    if kind == "sqlite":  # (streamed whole: a table cannot be left out of the file; see CATALOGUE_TABLE)
+        return _snapshot_sqlite(url, folder, stem, label, directory, live, timeout=timeout)
     if kind == "postgresql":
         part = postgres.describe(url, folder, stem, label)
 
@@ -349,8 +349,8 @@ def _snapshot_mlflow_database(
 
 
 def _snapshot_sqlite(
-    url: str, folder: str, stem: str, label: str, directory: Path, live: set[Path], leave_out: tuple[str, ...] = ()
-) -> tuple[list[SourceFile], dict[str, Any]]:
+    url: str, folder: str, stem: str, label: str, directory: Path, live: set[Path], *, timeout: float,
+) -> tuple[list[SourceStream], dict[str, Any]]:
     parsed = _parse(url, label)
     masked = url.strip()  # a SQLite URL holds no password; show it as configured
     database = parsed.database or ""
@@ -366,85 +366,16 @@ def _snapshot_sqlite(
     live.update(path.with_name(path.name + suffix).resolve() for suffix in ("", "-wal", "-shm", "-journal"))
     if not path.is_file():
         raise SnapshotError(f"cannot back up the {label} {masked}: {path} is not a file")
-    _check_readable(path, f"the {label} {masked}")
+    # (Not opened here: closing any descriptor of the file would drop this process's SQLite
+    # locks on it. The reader, a child process, says if it cannot read the file.)
+    part.update(present=True, path=f"{folder}/{stem}.db", files=1, bytes=path.stat().st_size)
+    what = f"cannot back up the {label} {masked}"
 
-    target = directory / folder / f"{stem}.db"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        journal_mode, revision, tables = _sqlite_online_backup(path, target, leave_out)
-    except sqlite3.Error as exc:
-        raise SnapshotError(f"cannot back up the {label} {masked}: {_first_line(exc)}") from None
-    size = target.stat().st_size
-    if leave_out:
-        part["left_out_data"] = sorted(leave_out)
-    part.update(
-        present=True,
-        method="sqlite3 online backup API",
-        path=f"{folder}/{target.name}",
-        journal_mode=journal_mode,
-        alembic_revision=revision,
-        tables=tables,
-        files=1,
-        bytes=size,
-    )
+    def open_snapshot():  # read when the repository stores it; completes `part`
+        return snapshot_stream(path, part, what, timeout=timeout, scratch=directory / folder)
+
     mode = stat.S_IMODE(path.stat().st_mode) & 0o777
-    return [SourceFile(f"{folder}/{target.name}", target, mode)], part
-
-
-def _sqlite_online_backup(path: Path, target: Path, leave_out: tuple[str, ...] = ()) -> tuple[str, str | None, dict[str, int]]:
-    """Copy `path` to `target` with the online backup API; empty the `leave_out` tables in the
-    copy; check and describe it."""
-    # mode=rw: never creates a missing file (and falls back to read-only on a read-only file).
-    source = sqlite3.connect(f"file:{_uri_path(path)}?mode=rw", uri=True, timeout=SQLITE_TIMEOUT_S)
-    try:
-        source.execute("PRAGMA query_only = ON")
-        journal_mode = str(source.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-        copy = sqlite3.connect(str(target), isolation_level=None)
-        try:
-            source.backup(copy)  # pages=-1: every page in one step, under one read transaction
-        finally:
-            copy.close()
-    finally:
-        source.close()
-    copy = sqlite3.connect(str(target), isolation_level=None)
-    try:
-        copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-        # Freed pages are zeroed (no VACUUM: that would rewrite the whole copy every hour), so the
-        # copy of an unchanged database differs from the last one only where the catalogue grew.
-        copy.execute("PRAGMA secure_delete = ON")
-        for table in leave_out:
-            if copy.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
-                copy.execute(f'DELETE FROM "{_ident(table)}"')
-        problems = [line for row in copy.execute("PRAGMA quick_check") for line in str(row[0]).splitlines()]
-        if problems != ["ok"]:
-            # SQLite heads its report with "*** in database main ***": show the first real problem.
-            details = [p.strip() for p in problems if p.strip() and not p.startswith("***")] or problems
-            more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-            raise sqlite3.DatabaseError(f"the copy fails PRAGMA quick_check: {details[0]}{more}")
-        names = [
-            str(row[0])
-            for row in copy.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-            )
-        ]
-        tables = {name: int(copy.execute(f'SELECT count(*) FROM "{_ident(name)}"').fetchone()[0]) for name in names}
-        revision = None
-        if "alembic_version" in tables:
-            row = copy.execute("SELECT version_num FROM alembic_version").fetchone()
-            revision = None if row is None else str(row[0])
-    finally:
-        copy.close()
-    for suffix in ("-wal", "-shm", "-journal"):  # none should be left; never store one
-        target.with_name(target.name + suffix).unlink(missing_ok=True)
-    return journal_mode, revision, tables
-
-
-def _uri_path(path: Path) -> str:
-    return str(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
-
-
-def _ident(name: str) -> str:
-    return name.replace('"', '""')
+    return [SourceStream(part["path"], open_snapshot, mode)], part
 
 
 # File trees ---------------------------------------------------------------------------------
@@ -568,11 +499,6 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno is not None:
         return exc.strerror or errno.errorcode.get(exc.errno, str(exc.errno))
     return str(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _mask_any(uri: str) -> str:

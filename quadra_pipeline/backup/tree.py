@@ -162,8 +162,6 @@ def decode_file_list(data: bytes, *, chunked: bool) -> tuple[FileEntry, ...]:
     return files
 
 
-
-
 def _check_chunks(chunks: object, path: str, size: int) -> tuple[ChunkRef, ...]:
     refs = []
     total = 0

@@ -102,6 +102,15 @@ def write(path: Path, content: bytes | str = b"x") -> Path:
     return path
 
 
+def stream_to_file(snapshot: Snapshot, path: str, target: Path) -> Path:
+    """Read one streamed source (a database) to its end, as the repository does, into `target`."""
+    source = next(f for f in snapshot.files if f.path == path)
+    assert isinstance(source, SourceStream), f"{path} is not streamed"
+    with source.open() as stream:
+        target.write_bytes(stream.read())
+    return target
+
+
 def leftover_workdirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob(f"{WORKDIR_PREFIX}*")) if folder.exists() else []
 
@@ -126,43 +135,43 @@ def test_empty_home_gives_an_empty_valid_snapshot(home: Home) -> None:
 # SQLite -------------------------------------------------------------------------------------
 
 
-def test_sqlite_databases_are_copied_through_the_online_backup_api(home: Home) -> None:
+def test_sqlite_databases_are_streamed_from_the_file_in_a_read_transaction(home: Home, tmp_path: Path) -> None:
     make_sqlite(home.project_db, 120)
     make_sqlite(home.mlflow_db, 30, wal=False, revision="mlflow-rev-1")
     with home.snapshot() as snapshot:
-        paths = [f.path for f in snapshot.files]
-        assert paths == ["mlflow-db/mlflow.db", "project-db/quadra.db"]
+        assert [f.path for f in snapshot.files] == ["mlflow-db/mlflow.db", "project-db/quadra.db"]
         for f in snapshot.files:
-            assert f.source.parent.parent == snapshot.directory  # a copy, never the live file
-            connection = sqlite3.connect(f"file:{f.source}?mode=ro", uri=True)
+            restored = stream_to_file(snapshot, f.path, tmp_path / f.path.replace("/", "-"))
+            connection = sqlite3.connect(f"file:{restored}?mode=ro", uri=True)
             assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # self-contained
             connection.close()
-            assert not Path(f"{f.source}-wal").exists()
         project = snapshot.sources["parts"]["project-db"]
         assert project["kind"] == "sqlite" and project["present"] is True
         assert project["location"] == f"sqlite:///{home.project_db}"
+        assert project["method"] == "read transaction, streamed from the database file"
         assert project["alembic_revision"] == REVISION
-        assert project["tables"] == {"alembic_version": 1, "t": 120}
+        assert project["tables"] == {"alembic_version": 1, "t": 120}  # from the streamed pages
         assert project["journal_mode"] == "wal"
         assert project["path"] == "project-db/quadra.db"
-        assert project["bytes"] == snapshot.files[1].source.stat().st_size
+        assert project["bytes"] == (tmp_path / "project-db-quadra.db").stat().st_size
         mlflow = snapshot.sources["parts"]["mlflow-db"]
         assert mlflow["alembic_revision"] == "mlflow-rev-1" and mlflow["tables"]["t"] == 30
         assert mlflow["journal_mode"] == "delete"
         assert snapshot.sources["absent"] == ["mlartifacts", "checkpoints"]
         directory = snapshot.directory
         assert directory is not None and directory.parent == home.backups
+        assert list(directory.rglob("*.db")) == []  # no copy was made
     assert not directory.exists()
 
 
-def test_database_without_migrations_has_no_revision(home: Home) -> None:
+def test_database_without_migrations_has_no_revision(home: Home, tmp_path: Path) -> None:
     make_sqlite(home.project_db, 3, revision=None)
     with home.snapshot() as snapshot:
+        stream_to_file(snapshot, "project-db/quadra.db", tmp_path / "q.db")
         assert snapshot.sources["parts"]["project-db"]["alembic_revision"] is None
 
 
-def test_online_backup_of_an_unchanged_database_is_byte_identical(home: Home) -> None:
+def test_an_unchanged_database_streams_to_the_same_bytes(home: Home, tmp_path: Path) -> None:
     make_sqlite(home.project_db, 500)
     # A reader/writer keeps the WAL alive with committed pages not yet checkpointed.
     live = sqlite3.connect(home.project_db, isolation_level=None)
@@ -170,19 +179,16 @@ def test_online_backup_of_an_unchanged_database_is_byte_identical(home: Home) ->
     live.execute("INSERT INTO t (v) VALUES (-1)")
     assert Path(f"{home.project_db}-wal").stat().st_size > 0
     digests = []
-    for _ in range(3):
+    for index in range(3):
         with home.snapshot() as snapshot:
-            digests.append(sha256(snapshot.files[0].source))
-    live.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # same content, now in the main file
-    with home.snapshot() as snapshot:
-        digests.append(sha256(snapshot.files[0].source))
+            digests.append(sha256(stream_to_file(snapshot, "project-db/quadra.db", tmp_path / f"{index}.db")))
     live.close()
     assert len(set(digests)) == 1, digests
     live = sqlite3.connect(home.project_db, isolation_level=None)
     live.execute("INSERT INTO t (v) VALUES (-2)")
     live.close()
     with home.snapshot() as snapshot:
-        assert sha256(snapshot.files[0].source) != digests[0]
+        assert sha256(stream_to_file(snapshot, "project-db/quadra.db", tmp_path / "changed.db")) != digests[0]
 
 
 WRITER = textwrap.dedent(
@@ -207,7 +213,7 @@ WRITER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
-def test_sqlite_copy_is_consistent_while_another_process_writes(home: Home, tmp_path: Path, journal_mode: str) -> None:
+def test_sqlite_snapshot_is_consistent_while_another_process_writes(home: Home, tmp_path: Path, journal_mode: str) -> None:
     make_sqlite(home.project_db, 0, wal=journal_mode == "wal", revision=None)
     stop, ready = tmp_path / "stop", tmp_path / "ready"
     writer = subprocess.Popen(
@@ -222,9 +228,9 @@ def test_sqlite_copy_is_consistent_while_another_process_writes(home: Home, tmp_
             assert time.monotonic() < deadline, "the writer never got going"
             time.sleep(0.01)
         counts = []
-        for _ in range(5):
+        for index in range(5):
             with home.snapshot() as snapshot:
-                copy = snapshot.files[0].source
+                copy = stream_to_file(snapshot, "project-db/quadra.db", tmp_path / f"snapshot-{index}.db")
                 connection = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
                 try:
                     assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -247,18 +253,33 @@ def test_sqlite_copy_is_consistent_while_another_process_writes(home: Home, tmp_
     assert counts[0] < counts[-1], f"the writer made no progress during the snapshots: {counts}"
 
 
-def test_corrupt_sqlite_database_is_a_clear_error(home: Home) -> None:
+def test_a_snapshot_leaves_this_processs_own_connections_working(home: Home, tmp_path: Path) -> None:
+    """SQLite's locks are POSIX locks, dropped when a process closes any descriptor of the file:
+    the snapshot must not open the database in this process, or the reader's exit would take
+    this process's connections for gone and delete the WAL under them ("disk I/O error")."""
+    make_sqlite(home.project_db, 50)
+    mine = sqlite3.connect(home.project_db, isolation_level=None)
+    mine.execute("INSERT INTO t (v) VALUES (-1)")
+    for index in range(2):
+        with home.snapshot() as snapshot:
+            stream_to_file(snapshot, "project-db/quadra.db", tmp_path / f"{index}.db")
+        assert Path(f"{home.project_db}-wal").exists() and Path(f"{home.project_db}-shm").exists()
+        mine.execute("INSERT INTO t (v) VALUES (?)", (index,))
+        assert mine.execute("SELECT count(*) FROM t").fetchone()[0] == 52 + index
+    mine.close()
+
+
+def test_corrupt_sqlite_database_is_a_clear_error(home: Home, tmp_path: Path) -> None:
     write(home.project_db, b"this is not a database at all" * 200)
-    with pytest.raises(SnapshotError) as caught:
-        home.snapshot()
+    with home.snapshot() as snapshot, pytest.raises(SnapshotError) as caught:
+        stream_to_file(snapshot, "project-db/quadra.db", tmp_path / "q.db")
     message = str(caught.value)
-    assert message.startswith(f"cannot back up the project database sqlite:///{home.project_db}: ")
-    assert "not a database" in message
+    assert message == f"cannot back up the project database sqlite:///{home.project_db}: file is not a database"
     assert isinstance(caught.value, BackupError)
     assert leftover_workdirs(home.backups) == []
 
 
-def test_sqlite_database_failing_its_check_is_refused(home: Home) -> None:
+def test_sqlite_database_with_damaged_b_tree_pages_is_refused(home: Home, tmp_path: Path) -> None:
     make_sqlite(home.project_db, 2000, wal=False, revision=None)
     connection = sqlite3.connect(home.project_db)
     connection.execute("CREATE INDEX t_v ON t (v)")
@@ -269,14 +290,13 @@ def test_sqlite_database_failing_its_check_is_refused(home: Home) -> None:
     with open(home.project_db, "r+b") as f:  # scribble over the index's root page
         f.seek((root - 1) * page_size + 8)
         f.write(b"\xff" * 64)
-    with pytest.raises(SnapshotError) as caught:
-        home.snapshot()
+    with home.snapshot() as snapshot, pytest.raises(SnapshotError) as caught:
+        stream_to_file(snapshot, "project-db/quadra.db", tmp_path / "q.db")
     message = str(caught.value)
     assert message.startswith(
-        f"cannot back up the project database sqlite:///{home.project_db}: the copy fails PRAGMA quick_check: "
-        f"On tree page {root} cell "
+        f"cannot back up the project database sqlite:///{home.project_db}: its b-tree pages are damaged (index t_v: page "
     )
-    assert message.endswith(" more)") and "\n" not in message
+    assert message.endswith("PRAGMA integrity_check says more") and "\n" not in message
 
 
 def test_in_memory_and_unsupported_databases_are_refused(home: Home) -> None:
@@ -446,13 +466,17 @@ UNREADABLE = textwrap.dedent(
     from quadra_pipeline.backup.sources import SnapshotError, take_snapshot
     home = Path(sys.argv[1])
     try:
-        take_snapshot(
+        with take_snapshot(
             database_url=f"sqlite:///{home / 'quadra.db'}",
             mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
             mlflow_artifact_root=home / "mlartifacts",
             checkpoint_dir=home / "checkpoints",
             workdir=home / "backups",
-        )
+        ) as snapshot:
+            for source in snapshot.files:  # the databases are read when stored, as a backup does
+                if hasattr(source, "open"):
+                    with source.open() as stream:
+                        stream.read()
     except SnapshotError as exc:
         print(exc)
     else:
