@@ -20,9 +20,12 @@ chunks from disk: what a backup wrote is checked once, right after it is written
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import stat
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +43,8 @@ WORTH = 0.95  # store compressed only if it saves at least 5%
 GIVE_UP, RETRY = 4, 16
 #: Chunks cut but not yet stored, at most (bounds memory: IN_FLIGHT x MAXIMUM).
 IN_FLIGHT = 16
+#: Threads storing chunks (hashing, compressing, writing), beside the cutter and the stream hash.
+WORKERS = 2
 
 
 def chunk_relpath(sha256: str) -> str:
@@ -61,15 +66,15 @@ class Cutter:
 
         self._generate = chunk_generator
         self._sizes = (minimum, average, maximum)
-        self._pending = bytearray()
+        self._tail = b""  # fed, not yet part of a chunk (less than `maximum`)
 
     def feed(self, data: bytes | memoryview, *, final: bool = False) -> Iterator[memoryview]:
         """Chunks that end within what was fed so far; with `final`, everything that is left.
-        (The chunks are views of an immutable copy: a caller may keep them.)"""
-        self._pending += data
-        if not self._pending:
+        (The chunks are views of an immutable copy: a caller may keep them. Each byte fed is
+        copied once, into that block.)"""
+        block = b"".join((self._tail, data)) if self._tail else bytes(data)
+        if not block:
             return
-        block = bytes(self._pending)
         view = memoryview(block)
         done = 0
         minimum, average, maximum = self._sizes
@@ -79,7 +84,7 @@ class Cutter:
                 break  # may end further on: cut again once more bytes came
             yield view[piece.offset:end]
             done = end
-        self._pending = bytearray(view[done:])
+        self._tail = bytes(view[done:])
 
 
 class ChunkStore:
@@ -89,6 +94,8 @@ class ChunkStore:
         self.root = root
         self.dir = root / "chunks"
         self._known: dict[str, int] | None = None  # sha -> stored size, listed once per run
+        self._lock = threading.Lock()  # `put` runs in `WORKERS` threads
+        self._writing: dict[str, threading.Event] = {}  # chunks a thread is storing right now
 
     def path(self, sha256: str) -> Path:
         return self.root / chunk_relpath(sha256)
@@ -113,10 +120,26 @@ class ChunkStore:
         """Store `content` (whose SHA-256 is `sha256`) unless it is there. A compressed payload
         is decompressed and re-hashed before it is written. Not fsynced one by one: the
         repository syncs the file system once before it writes the manifest (`_fs.sync_fs`),
-        and the backup's integrity check reads the new chunks back."""
+        and the backup's integrity check reads the new chunks back. Thread-safe: of two threads
+        given the same new chunk, one stores it and the other waits for it."""
         known = self.known()
-        if sha256 in known:
-            return Chunk(sha256, len(content), known[sha256])
+        while True:
+            with self._lock:
+                if sha256 in known:
+                    return Chunk(sha256, len(content), known[sha256])
+                other = self._writing.get(sha256)
+                if other is None:
+                    self._writing[sha256] = claim = threading.Event()
+                    break
+            other.wait()  # stored by then, or that thread failed (and this one tries)
+        try:
+            return self._store(content, sha256, staging, compressor, added)
+        finally:
+            with self._lock:
+                del self._writing[sha256]
+            claim.set()
+
+    def _store(self, content: memoryview, sha256: str, staging: Path, compressor: _Compression, added: list[Path]) -> Chunk:
         payload = compressor.encode(content)
         if payload[:4] == ZSTD_MAGIC and hashlib.sha256(decode(payload, len(content), "a chunk being stored")).hexdigest() != sha256:
             raise BackupError("a chunk does not decompress to what was compressed (memory or library fault); no backup was made")
@@ -131,9 +154,10 @@ class ChunkStore:
             _fs.mkdirs(target.parent, self.dir)
         existed = os.path.lexists(target)
         os.replace(tmp, target)  # (also replaces a damaged copy of the same content)
-        if not existed:
-            added.append(target)
-        known[sha256] = len(payload)
+        with self._lock:
+            if not existed:
+                added.append(target)
+            self.known()[sha256] = len(payload)
         return Chunk(sha256, len(content), len(payload))
 
     def read(self, sha256: str, length: int) -> bytes:
@@ -196,18 +220,19 @@ class _Compression:
         self._misses = 0
         self._skipped = 0
 
-    def encode(self, content: memoryview) -> bytes:
+    def encode(self, content: memoryview) -> bytes | memoryview:
+        """What to store: a zstd frame, or the content itself (not copied)."""
         must = bytes(content[:4]) == ZSTD_MAGIC  # raw bytes that would look compressed
         if not must and self._misses >= GIVE_UP:
             self._skipped += 1
             if self._skipped % RETRY:
-                return bytes(content)
+                return content
         packed = self._compressor.compress(content)
         if must or len(packed) <= WORTH * len(content):
             self._misses = 0
             return packed
         self._misses += 1
-        return bytes(content)
+        return content
 
 
 def compression() -> _Compression:
@@ -256,17 +281,26 @@ def store_stream(
     store: ChunkStore, read: Callable[[int], bytes], staging: Path, added: list[Path]
 ) -> tuple[str, int, list[Chunk]]:
     """Read a stream to its end once, cut it into chunks and store the new ones; returns the
-    stream's SHA-256, its size and its chunks. Three threads overlap: this one reads and cuts
-    (the cutter holds the GIL), one hashes the whole stream, one hashes, compresses, writes and
-    checks the chunks (hashlib, zstd and file I/O release the GIL). At most `IN_FLIGHT` chunks
-    wait, so memory stays bounded."""
+    stream's SHA-256, its size and its chunks. The work overlaps: this thread reads and cuts
+    (the cutter holds the GIL), one thread hashes the whole stream, `WORKERS` threads hash,
+    compress, write and check the chunks (hashlib, zstd and file I/O release the GIL; one
+    worker alone was the slowest of the three, measured in benchmarks/bench_backup.py). At most
+    `IN_FLIGHT` chunks wait, so memory stays bounded."""
     whole = hashlib.sha256()
     cutter = Cutter()
-    codec = compression()
-    chunks: list[Future[Chunk]] = []
+    codecs = threading.local()  # a zstd compressor is not shared between threads
+    stored: list[Chunk] = []
+    in_flight: deque[Future[Chunk]] = deque()  # oldest first: results are taken in order
     size = 0
+
+    def store_piece(piece: memoryview) -> Chunk:
+        codec = getattr(codecs, "codec", None)
+        if codec is None:
+            codec = codecs.codec = compression()
+        return store.put(piece, hashlib.sha256(piece).hexdigest(), staging, codec, added)
+
     with ThreadPoolExecutor(1, thread_name_prefix="backup-hash") as hasher, \
-            ThreadPoolExecutor(1, thread_name_prefix="backup-chunks") as writer:
+            ThreadPoolExecutor(WORKERS, thread_name_prefix="backup-chunks") as writer:
         pending_hash: Future[None] | None = None
         while True:
             block = read(READ_BLOCK)
@@ -275,16 +309,13 @@ def store_stream(
             pending_hash = hasher.submit(whole.update, block)
             size += len(block)
             for piece in cutter.feed(block, final=not block):
-                chunks.append(writer.submit(_store_piece, store, piece, staging, codec, added))
-                if len(chunks) > IN_FLIGHT:
-                    chunks[-IN_FLIGHT - 1].result()
+                in_flight.append(writer.submit(store_piece, piece))
+                if len(in_flight) > IN_FLIGHT:
+                    stored.append(in_flight.popleft().result())
             if not block:
                 break
         pending_hash.result()
-        stored = [future.result() for future in chunks]
+        stored.extend(future.result() for future in in_flight)
     return whole.hexdigest(), size, stored
 
 
-
-def _store_piece(store: ChunkStore, piece: memoryview, staging: Path, codec: _Compression, added: list[Path]) -> Chunk:
-    return store.put(piece, hashlib.sha256(piece).hexdigest(), staging, codec, added)
