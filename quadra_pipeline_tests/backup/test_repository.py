@@ -39,6 +39,8 @@ from .test_repository_helpers import (
     disk_bytes,
     file_list_of,
     flip_byte,
+    hand_check_signature,
+    hand_check_tree,
     read_tree,
     repo,  # noqa: F401  (fixture)
     rewrite_manifest,
@@ -151,6 +153,37 @@ def test_sidecar_and_the_documented_check_by_hand_with_the_real_tools(repo, tmp_
     assert failed.returncode != 0 and f"chunks/{chunk[:2]}/{chunk}: FAILED" in failed.stdout
     flip_byte(moved / files_rel, 3)
     assert sha256sum_check(moved, f"manifests/{backup_id}.sha256").returncode != 0
+
+
+def test_signatures_and_a_restored_tree_checked_by_hand_with_openssl_and_sha256sum(repo, tmp_path):
+    """The checks docs/BACKUP_FORMAT.md gives an off-site verifier: the public key alone, the
+    standard library's json and openssl verify the manifest and the head; jq and sha256sum
+    check a restored tree against the file list."""
+    result, _ = _backup(repo, tmp_path)
+    backup_id = result.manifest.backup_id
+    public = tmp_path / "backup.pub"
+    public.write_bytes(SIGNING.public_pem)
+    work = tmp_path / "work"
+    work.mkdir()
+    for document in (repo.manifest_path(backup_id), repo.history.head_path):
+        checked = hand_check_signature(document, public, work)
+        assert checked.returncode == 0 and "Signature Verified Successfully" in checked.stdout, checked.stderr
+    other = tmp_path / "other.pub"
+    other.write_bytes(generate("ed25519").public_pem)
+    assert hand_check_signature(repo.manifest_path(backup_id), other, work).returncode != 0
+    forged = tmp_path / "forged.json"
+    forged.write_text(repo.manifest_path(backup_id).read_text().replace('"file_count": ', '"file_count": 1'))
+    assert hand_check_signature(forged, public, work).returncode != 0
+
+    restored = tmp_path / "restored"
+    repo.restore(backup_id, restored)
+    file_list = repo.object_path(result.manifest.header.files_object)
+    checked = hand_check_tree(file_list, restored)
+    assert checked.returncode == 0 and checked.stdout.count(": OK") == len(result.manifest.files), checked.stderr
+    victim = restored / result.manifest.files[0].path
+    os.chmod(victim, 0o644)
+    victim.write_bytes(victim.read_bytes() + b"!")
+    assert hand_check_tree(file_list, restored).returncode != 0
 
 
 def test_unchanged_backups_share_every_chunk_and_the_file_list(repo, tmp_path):

@@ -88,6 +88,29 @@ done
 """
 
 
+#: docs/BACKUP_FORMAT.md, "Checking by hand": a signature (manifest, head.json or a history
+#: record) checked with the public key alone, by the standard library's json and openssl.
+HAND_SIGNATURE_CHECK = r"""
+python3 -c 'import base64, json, sys
+d = json.load(open(sys.argv[1])); s = d.pop("signature")
+open("sig.bin", "wb").write(base64.b64decode(s["value"]))
+sys.stdout.write(json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True))' "$1" > payload.json &&
+openssl pkeyutl -verify -pubin -inkey "$2" -rawin -in payload.json -sigfile sig.bin
+"""
+
+#: docs/BACKUP_FORMAT.md: a restored tree checked against the backup's file list.
+HAND_TREE_CHECK = r"""jq -r '.[] | "\(.sha256)  \(.path)"' "$1" | sha256sum --strict -c"""
+
+
+def hand_check_signature(document: Path, public_key: Path, work: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", HAND_SIGNATURE_CHECK, "sh", str(document), str(public_key)], cwd=work,
+                          capture_output=True, text=True)
+
+
+def hand_check_tree(file_list: Path, restored: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", HAND_TREE_CHECK, "sh", str(file_list)], cwd=restored, capture_output=True, text=True)
+
+
 def sha256sum_check_backup(root: Path, backup_id: str) -> subprocess.CompletedProcess:
     """The by-hand check of a format-3 backup with the real tools (sha256sum, jq, zstd), as a
     user types it in `root`."""
