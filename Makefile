@@ -59,6 +59,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_logging.py
 	$(BIN)/python benchmarks/bench_store.py
+	$(BIN)/python benchmarks/bench_backup.py
+	$(BIN)/python benchmarks/bench_backup_io.py
 
 clean-venv:
 	rm -rf $(VENV)
