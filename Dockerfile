@@ -1,38 +1,55 @@
-# syntax=docker/dockerfile:1
-# Multi-stage image for the Dagster webserver / daemon / code location and the `quadra` CLI.
-# Build:  docker build -t quadra-pipeline .
-# Torch comes from the CPU wheel index (PyPI's Linux wheel pulls several GB of CUDA).
-ARG PYTHON_VERSION=3.11
+# One image for every role of the deployment (deploy/compose/): the Dagster code location (gRPC
+# server), dagster-webserver, dagster-daemon, each run's own container (DockerRunLauncher), the
+# MLflow tracking server and the `quadra` CLI.
+#
+# Hermetic: pip installs only from build/wheels/, which `make image` builds on the host from the
+# pinned set (constraints.txt; torch is the CPU wheel), so the build needs no package index and
+# installs exactly what the tests ran with. apt brings Debian's Python 3.11 and
+# postgresql-client-15 (pg_dump / pg_restore / psql of the same major version as the server in
+# the stack). Build: `make image` (wheels, then `docker build -t quadra-pipeline:local .`).
+ARG BASE_IMAGE=debian:bookworm-slim
 
-FROM python:${PYTHON_VERSION}-slim AS build
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-WORKDIR /app
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-COPY constraints.txt pyproject.toml README.md workspace.yaml ./
-COPY quadra_pipeline ./quadra_pipeline
-# Editable: the code location loads its defs folder through pyproject.toml's [tool.dg].
-RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX_URL}" \
- && pip install -c constraints.txt -e . \
- && pip check
+FROM ${BASE_IMAGE} AS build
+ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_NO_INDEX=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+# The dependencies in one layer, the project last: a code change rebuilds only the last layer.
+COPY build/wheels/deps/ /wheels/deps/
+RUN /opt/venv/bin/pip install --no-deps /wheels/deps/*.whl
+COPY build/wheels/project/ /wheels/project/
+RUN /opt/venv/bin/pip install --no-deps /wheels/project/*.whl \
+ && /opt/venv/bin/pip check \
+ && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
+ && rm -rf /opt/venv/lib/python3.11/site-packages/pip /opt/venv/bin/pip*
 
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM ${BASE_IMAGE}
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 postgresql-client-15 \
+ && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*
+# A fixed uid, so volumes keep their owner across rebuilds. The data home, MLflow's served
+# artifacts and the backups are mount points owned by it (a new named volume takes that owner).
+RUN groupadd --system --gid 10001 quadra \
+ && useradd --system --uid 10001 --gid quadra --home-dir /home/quadra --create-home --shell /usr/sbin/nologin quadra \
+ && mkdir -p /data/mlartifacts /backups /opt/dagster/home /opt/dagster/app \
+ && chown -R quadra:quadra /data /backups /opt/dagster/home
+COPY --from=build /opt/venv /opt/venv
+COPY deploy/compose/dagster.yaml /opt/dagster/home/dagster.yaml
+COPY deploy/compose/workspace.yaml /opt/dagster/app/workspace.yaml
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     QUADRA_ENV=production \
     QUADRA_HOME=/data \
+    QUADRA_BACKUP_DIR=/backups \
     DAGSTER_HOME=/opt/dagster/home \
-    MLFLOW_DISABLE_TELEMETRY=true
-RUN groupadd --system quadra && useradd --system --gid quadra --home-dir /app --shell /usr/sbin/nologin quadra \
- && mkdir -p /app /data /opt/dagster/home && chown -R quadra:quadra /app /data /opt/dagster/home
-COPY --from=build /opt/venv /opt/venv
-COPY --from=build --chown=quadra:quadra /app /app
-WORKDIR /app
-COPY --chown=quadra:quadra deploy/dagster.yaml /opt/dagster/home/dagster.yaml
+    MLFLOW_DISABLE_TELEMETRY=true \
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+WORKDIR /opt/dagster/app
 USER quadra
-EXPOSE 3000
-# The webserver answers /server_info once the code location is loaded.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:3000/server_info', timeout=4).status == 200 else 1)"
-CMD ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "workspace.yaml"]
+EXPOSE 3000 4000 5000
+# Each service of deploy/compose/compose.yaml sets its own command and health check; alone,
+# the image runs the CLI.
+CMD ["quadra", "--help"]
