@@ -8,7 +8,7 @@ PIP_OPTIONS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run dev mlflow-ui dagster-home test bench clean-venv
+.PHONY: install run dev mlflow-ui dagster-home test bench clean-venv docker-check wheels image standins deploy-secrets deploy-up deploy-down deploy-test
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "pip==25.3"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_OPTIONS) -c constraints.txt -e '.[test,hf]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_OPTIONS) -c constraints.txt -e '.[test,hf,deploy]'
 	$(BIN)/python -m pip check
 	@rm -f $(VENV)/.installed-*
 	@touch $@
@@ -64,3 +64,52 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The container deployment (deploy/compose/, README "Deployment"). One image for every role.
+IMAGE ?= quadra-pipeline:local
+DEPLOY_ENV ?= deploy/.env
+COMPOSE = docker compose --project-directory deploy/compose --env-file $(DEPLOY_ENV) -f deploy/compose/compose.yaml
+# The same sources give the same project wheel (and image layers): timestamps from the commit.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 315532800)
+export SOURCE_DATE_EPOCH
+# BuildKit where the client has it (buildx), the classic builder otherwise.
+DOCKER_BUILDKIT ?= $(shell docker buildx version >/dev/null 2>&1 && echo 1 || echo 0)
+export DOCKER_BUILDKIT
+
+docker-check:
+	@docker info >/dev/null 2>&1 || { echo "Docker is not available here ('docker info' failed): install and start it (README, Deployment); nothing was run" >&2; exit 1; }
+	@docker compose version >/dev/null 2>&1 || { echo "the Docker Compose v2 plugin ('docker compose') is missing (README, Deployment)" >&2; exit 1; }
+
+# The wheelhouse the image installs from: the pinned set, built on the host (pip finds torch's
+# CPU wheel here; elsewhere PIP_OPTIONS adds the CPU index), so the image build needs no index.
+wheels: $(STAMP)
+	rm -rf build/wheels
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check $(PIP_OPTIONS) -c constraints.txt -w build/wheels/deps '.[deploy]'
+	mkdir -p build/wheels/project && mv build/wheels/deps/quadra_pipeline-*.whl build/wheels/project/
+
+image: docker-check wheels
+	docker build -t $(IMAGE) .
+	@docker image inspect -f 'image $(IMAGE): {{.Size}} bytes' $(IMAGE)
+
+# Where no registry is reachable (these machines): stand-ins for the public base images, made
+# from the Debian archive (quadra_pipeline_tests/deploy/standins/). Users get the official ones.
+standins: docker-check
+	quadra_pipeline_tests/deploy/standins/base-image.sh debian:bookworm-slim
+	docker image inspect postgres:15-bookworm >/dev/null 2>&1 || docker build -t postgres:15-bookworm quadra_pipeline_tests/deploy/standins/postgres
+
+deploy-secrets:
+	@sh deploy/compose/make-secrets.sh $(DEPLOY_ENV)
+
+deploy-up: deploy-secrets image
+	DOCKER_GID=$$(stat -c %g /var/run/docker.sock) QUADRA_IMAGE=$(IMAGE) $(COMPOSE) up -d --wait --wait-timeout 600
+	@$(COMPOSE) ps --format 'table {{.Service}}\t{{.Status}}'
+	@echo "Dagster UI: http://127.0.0.1:$${DAGSTER_PORT:-3000}   MLflow UI: http://127.0.0.1:$${MLFLOW_PORT:-5000} (user admin, password MLFLOW_ADMIN_PASSWORD in $(DEPLOY_ENV))"
+
+deploy-down:
+	DOCKER_GID=0 $(COMPOSE) down
+
+# The end-to-end test of the stack (quadra_pipeline_tests/deploy/test_stack.py): stand-ins,
+# image, up, a training run in its own container, the registry through MLflow's API, a backup,
+# verify, the restore drill, down and up again; then everything it made is removed.
+deploy-test: docker-check standins $(STAMP)
+	QUADRA_DEPLOY_TEST=1 $(BIN)/python -m pytest -p no:cacheprovider quadra_pipeline_tests/deploy/test_stack.py $(PYTEST_ARGS)

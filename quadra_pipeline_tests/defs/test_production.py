@@ -1,4 +1,4 @@
-"""Production wiring: EnvVar-backed resources, and deploy/dagster.yaml on a real PostgreSQL."""
+"""Production wiring: EnvVar-backed resources, and deploy/compose/dagster.yaml on a real PostgreSQL."""
 
 import os
 import shutil
@@ -56,7 +56,7 @@ def postgres_database():
 def test_deploy_instance_config_runs_on_postgresql(tmp_path, monkeypatch, postgres_database):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO_ROOT / "deploy" / "compose" / "dagster.yaml", home / "dagster.yaml")
     for key, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_USER": "postgres", "DAGSTER_PG_PASSWORD": "",
                        "DAGSTER_PG_DB": postgres_database}.items():
         monkeypatch.setenv(key, value)
@@ -72,3 +72,4 @@ def test_deploy_instance_config_runs_on_postgresql(tmp_path, monkeypatch, postgr
         assert {"key": "quadra/training", "limit": 1} in limits
         assert dg.materialize([ping], instance=instance).success
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_launcher).__name__ == "DockerRunLauncher"  # each run its own container
