@@ -1,0 +1,221 @@
+"""Driving the Compose stack of deploy/compose/ from a test: the Make targets users run, the
+`docker compose` CLI, Dagster's GraphQL API and MLflow's REST API on the published ports.
+
+Everything a test starts is named so it can be found and removed: the stack is the Compose
+project `quadra` (its volumes `quadra-*`, its network `quadra`), each run's container carries
+the label `io.quadra.role=run`, and the image gets a tag of its own."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from quadra_pipeline_tests.defs.conftest import REPO_ROOT
+
+#: (phase, seconds, what was done): printed at the end of `make deploy-test`.
+PHASES: list[tuple[str, float, str]] = []
+
+PROJECT = "quadra"
+RUN_LABEL = "io.quadra.role=run"
+SERVICES = ("postgres", "mlflow", "code", "webserver", "daemon")
+
+
+class StackError(AssertionError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode:
+        raise StackError(f"docker {' '.join(args[:3])} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    return done
+
+
+def leftovers() -> list[str]:
+    """What of a `quadra` stack exists on this Docker host (containers, volumes, network)."""
+    found = docker("ps", "-a", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "container {{.Names}}").stdout.split("\n")
+    found += docker("ps", "-a", "--filter", f"label={RUN_LABEL}", "--format", "run container {{.Names}}").stdout.split("\n")
+    found += [f"volume {v}" for v in docker("volume", "ls", "-q", "--filter", f"name={PROJECT}-").stdout.split()]
+    found += [f"network {n}" for n in docker("network", "ls", "-q", "--filter", f"name=^{PROJECT}$").stdout.split()]
+    return [line for line in found if line.strip()]
+
+
+@dataclass
+class Stack:
+    """One stack under test: its secrets file, image tag and published ports."""
+
+    env_file: Path
+    image: str
+    dagster_port: int
+    mlflow_port: int
+
+    # The Make targets, as a user runs them ----------------------------------------------
+
+    def make(self, target: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+        environment = {**os.environ, "DEPLOY_ENV": str(self.env_file), "IMAGE": self.image,
+                       "DAGSTER_PORT": str(self.dagster_port), "MLFLOW_PORT": str(self.mlflow_port)}
+        done = subprocess.run(["make", "--no-print-directory", target], cwd=REPO_ROOT, env=environment,
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise StackError(f"make {target} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return done
+
+    def timed(self, phase: str, what: str, target: str) -> subprocess.CompletedProcess:
+        started = time.perf_counter()
+        done = self.make(target)
+        PHASES.append((phase, time.perf_counter() - started, what))
+        return done
+
+    # docker compose -------------------------------------------------------------------------
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess:
+        environment = {**os.environ, "QUADRA_IMAGE": self.image, "DOCKER_GID": "0",
+                       "DAGSTER_PORT": str(self.dagster_port), "MLFLOW_PORT": str(self.mlflow_port)}
+        argv = ["docker", "compose", "--project-directory", str(REPO_ROOT / "deploy" / "compose"),
+                "--env-file", str(self.env_file), "-f", str(REPO_ROOT / "deploy" / "compose" / "compose.yaml"), *args]
+        done = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and done.returncode:
+            raise StackError(f"docker compose {' '.join(args[:4])} failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        return done
+
+    def exec(self, service: str, *command: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        return self.compose("exec", "-T", service, *command, check=check, timeout=timeout)
+
+    def container(self, service: str) -> dict:
+        """`docker inspect` of a service's container."""
+        cid = self.compose("ps", "-q", service).stdout.strip()
+        if not cid:
+            raise StackError(f"service {service} has no container")
+        return json.loads(docker("inspect", cid).stdout)[0]
+
+    def sql(self, database: str, query: str) -> str:
+        """One value from the stack's PostgreSQL, as its superuser over the local socket."""
+        return self.exec("postgres", "psql", "-U", "postgres", "-d", database, "-tAc", query).stdout.strip()
+
+    def secret(self, name: str) -> str:
+        for line in self.env_file.read_text().splitlines():
+            if line.startswith(f"{name}="):
+                return line.split("=", 1)[1].strip().strip("'")
+        raise KeyError(name)
+
+    # Dagster --------------------------------------------------------------------------------
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.dagster_port}/graphql", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.load(response)
+        if answer.get("errors"):
+            raise StackError(f"GraphQL errors: {answer['errors']}")
+        return answer["data"]
+
+    def launch(self, job: str, tags: dict | None = None) -> str:
+        """`dagster job launch` through the stack (the webserver's container holds the CLI and
+        the stack's instance); the queued run is started by the daemon in a container of its own."""
+        run_id = str(uuid.uuid4())
+        command = ["dagster", "job", "launch", "-w", "/opt/dagster/app/workspace.yaml", "-j", job, "--run-id", run_id]
+        if tags:
+            command += ["--tags", json.dumps(tags)]
+        self.exec("webserver", *command)
+        return run_id
+
+    def run(self, run_id: str) -> dict:
+        data = self.graphql(
+            "query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status jobName "
+            "tags { key value } } } }", {"id": run_id})
+        return data["runOrError"]
+
+    def wait_for_run(self, run_id: str, timeout: float = 900) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(run_id)
+            if run.get("status") in ("SUCCESS", "FAILURE", "CANCELED"):
+                return run
+            if time.monotonic() > deadline:
+                raise StackError(f"run {run_id} still {run.get('status')} after {timeout:.0f} s")
+            time.sleep(3)
+
+    def run_logs(self, run_id: str) -> str:
+        ids = docker("ps", "-aq", "--filter", f"label=dagster/run_id={run_id}").stdout.split()
+        return "\n".join(docker("logs", i, check=False).stdout[-4000:] + docker("logs", i, check=False).stderr[-4000:] for i in ids)
+
+    def checks_of_latest(self, asset: str) -> dict[str, dict]:
+        data = self.graphql(
+            "query($key: [AssetKeyInput!]) { assetNodes(assetKeys: $key) { assetChecksOrError { ... on AssetChecks { "
+            "checks { name executionForLatestMaterialization { status evaluation { success metadataEntries { label "
+            "... on JsonMetadataEntry { jsonString } ... on FloatMetadataEntry { floatValue } } } } } } } } }",
+            {"key": [{"path": [asset]}]})
+        checks = data["assetNodes"][0]["assetChecksOrError"]["checks"]
+        result = {}
+        for check in checks:
+            execution = check["executionForLatestMaterialization"] or {}
+            evaluation = execution.get("evaluation") or {}
+            metadata = {}
+            for entry in evaluation.get("metadataEntries", []):
+                if "jsonString" in entry:
+                    metadata[entry["label"]] = json.loads(entry["jsonString"])
+                elif "floatValue" in entry:
+                    metadata[entry["label"]] = entry["floatValue"]
+            result[check["name"]] = {"status": execution.get("status"), "success": evaluation.get("success"), **metadata}
+        return result
+
+    # MLflow ---------------------------------------------------------------------------------
+
+    def mlflow(self, path: str, *, credentials: bool = True, headers: dict | None = None) -> tuple[int, dict | str]:
+        """GET on MLflow's REST API on the published port: (status, JSON or text)."""
+        sent = dict(headers or {})
+        if credentials:
+            token = base64.b64encode(f"admin:{self.secret('MLFLOW_ADMIN_PASSWORD')}".encode()).decode()
+            sent["Authorization"] = f"Basic {token}"
+        request = urllib.request.Request(f"http://127.0.0.1:{self.mlflow_port}{path}", headers=sent)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                text = response.read().decode()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    # Cleanup --------------------------------------------------------------------------------
+
+    def remove_everything(self) -> list[str]:
+        """Stop and remove the stack, its volumes, network, the runs' containers and the image;
+        what could not be removed is returned."""
+        runs = docker("ps", "-aq", "--filter", f"label={RUN_LABEL}", check=False).stdout.split()
+        if runs:  # first: they hold the volumes
+            docker("rm", "-f", *runs, check=False)
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False, timeout=300)
+        docker("image", "rm", "-f", self.image, check=False)
+        docker("image", "prune", "-f", check=False)
+        return leftovers()
+
+
+def docker_available() -> str | None:
+    """Why Docker cannot be used here (None: it can)."""
+    if shutil.which("docker") is None:
+        return "the docker command is not installed"
+    if subprocess.run(["docker", "info"], capture_output=True).returncode:
+        return "'docker info' failed: the Docker daemon is not running or not reachable"
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode:
+        return "the Docker Compose v2 plugin ('docker compose') is missing"
+    return None
