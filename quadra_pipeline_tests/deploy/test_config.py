@@ -135,3 +135,12 @@ def test_the_secrets_file_is_never_committed():
     ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/.env"], cwd=REPO_ROOT)
     assert ignored.returncode == 0
     assert not (REPO_ROOT / "deploy" / ".env").exists() or os.environ.get("CI") != "true"
+
+
+def test_make_deploy_test_without_docker_says_so_and_fails(tmp_path):
+    """A machine where Docker does not answer: the deployment targets stop at once, saying why."""
+    environment = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    done = subprocess.run(["make", "--no-print-directory", "docker-check"], cwd=REPO_ROOT, env=environment,
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "Docker is not available here" in done.stderr
