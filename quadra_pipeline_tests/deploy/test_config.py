@@ -99,11 +99,12 @@ def test_the_stack_keeps_the_development_instance_rules(instance):
     assert "postgres" in instance["storage"]
 
 
-def test_the_image_context_holds_only_wheels_and_two_deployment_files():
+def test_the_image_context_holds_only_wheels_and_three_deployment_files():
     rules = [line for line in (REPO_ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert rules[0] == "*"
     assert sorted(rules[1:]) == sorted(["!build/wheels/deps/*.whl", "!build/wheels/project/*.whl",
-                                        "!deploy/compose/dagster.yaml", "!deploy/compose/workspace.yaml"])
+                                        "!deploy/compose/dagster.yaml", "!deploy/compose/workspace.yaml",
+                                        "!deploy/compose/mlflow-server.sh"])
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "# syntax" not in dockerfile  # BuildKit would pull that frontend image
     assert "USER quadra" in dockerfile and "PIP_NO_INDEX=1" in dockerfile and "postgresql-client-15" in dockerfile
