@@ -259,3 +259,31 @@ def test_weights_finite_reads_the_checkpoint_and_fails_on_a_nan_weight(instance,
     checked = job.execute_in_process(instance=instance, raise_on_error=False)
     [evaluation] = [e.asset_check_evaluation_data for e in checked.all_events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
     assert not evaluation.passed and evaluation.metadata["non_finite_tensors"].value == ["nn2.fc1.weight"]
+
+
+def test_a_run_that_failed_while_mlflow_was_down_has_its_mlflow_run_closed_by_the_next_run(instance, quadra_env):
+    """Training failed and MLflow could not be told (it was the broken part): SQL says failed,
+    the MLflow run still says RUNNING. The next training run closes it: the batches SQL has are
+    sent, and the MLflow run is marked FAILED."""
+    from quadra_pipeline.settings import load_settings
+    from quadra_pipeline.store import ensure_schema, finish_training_run, make_engine, session_scope, set_mlflow_run, start_training_run
+    from quadra_pipeline.store.runs import append_metric
+
+    engine = make_engine(load_settings().database_url)
+    ensure_schema(engine)
+    reg = registry()
+    left_open = reg.start_run("failed-while-mlflow-was-down")
+    with session_scope(engine) as session:
+        failed = start_training_run(session, external_run_id="dagster-run-that-failed", field_size=16, seed=0).id
+        set_mlflow_run(session, failed, left_open)
+    for batch in (1, 2):
+        append_metric(engine, failed, {"batch_number": batch, "loss": 0.5, "reward": 1.0, "variance": 0.1, "field_mean": 0.0})
+    with session_scope(engine) as session:
+        finish_training_run(session, failed, status="failed", error="RegistryUnavailableError: MLflow tracking server ... is unreachable")
+    engine.dispose()
+    assert reg.run_status(left_open) == "RUNNING"
+
+    result = training_job().execute_in_process(run_config=run_config(batches=3), instance=instance)
+    assert result.success
+    assert reg.run_status(left_open) == "FAILED"
+    assert sorted(reg.metric_steps(left_open, "loss")) == [1, 2]  # completed from the database

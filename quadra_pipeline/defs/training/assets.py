@@ -90,9 +90,14 @@ def resume_point(context: dg.AssetExecutionContext, config: TrainingRunConfig, h
     return str(checkpoint), f"retry of failed run {parent_id}: resuming from its last checkpoint (batch {done})"
 
 
+#: Failed training runs whose MLflow run is re-checked when a training run starts.
+RECHECK_FAILED = 10
+
+
 def close_orphaned_runs(context: dg.AssetExecutionContext, engine, reg) -> None:
     """Training runs left "running" by a process that died (their Dagster run has ended):
-    MLflow gets the batches the database has and it lacks, then both are marked failed."""
+    MLflow gets the batches the database has and it lacks, then both are marked failed. And
+    failed runs whose MLflow run could not be closed (MLflow was down): closed now."""
     from ...store import finish_training_run, list_training_runs, session_scope
 
     with session_scope(engine) as session:
@@ -115,6 +120,18 @@ def close_orphaned_runs(context: dg.AssetExecutionContext, engine, reg) -> None:
             f"closed training run {training_run_id} of dead Dagster run {dagster_run_id}: "
             f"MLflow run completed with {sent} batch(es) from the database, both marked failed"
         )
+    # Runs that failed while MLflow was unreachable: marked failed here, but MLflow could not be
+    # told, so their MLflow run still says RUNNING. The most recent few are checked each time.
+    with session_scope(engine) as session:
+        failed = [(r.id, r.mlflow_run_id) for r in list_training_runs(session, status="failed", limit=RECHECK_FAILED)
+                  if r.mlflow_run_id]
+    for training_run_id, mlflow_run_id in failed:
+        if reg.run_status(mlflow_run_id) != "RUNNING":
+            continue
+        sent = complete_mlflow_run(reg, engine, training_run_id, mlflow_run_id)
+        reg.end_run(mlflow_run_id, "FAILED")
+        context.log.info(f"closed MLflow run {mlflow_run_id} of failed training run {training_run_id} "
+                         f"(MLflow was unreachable when it failed): {sent} batch(es) completed from the database")
 
 
 def _predecessor(engine, checkpoint: str | None):
