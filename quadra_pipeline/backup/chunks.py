@@ -20,7 +20,6 @@ chunks from disk: what a backup wrote is checked once, right after it is written
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import re
 import stat
@@ -71,7 +70,7 @@ class Cutter:
     def feed(self, data: bytes | memoryview, *, final: bool = False) -> Iterator[memoryview]:
         """Chunks that end within what was fed so far; with `final`, everything that is left.
         (The chunks are views of an immutable copy: a caller may keep them. Each byte fed is
-        copied once, into that block.)"""
+        copied into one block; the unfinished tail, under `maximum`, again into the next.)"""
         block = b"".join((self._tail, data)) if self._tail else bytes(data)
         if not block:
             return
@@ -122,9 +121,9 @@ class ChunkStore:
         repository syncs the file system once before it writes the manifest (`_fs.sync_fs`),
         and the backup's integrity check reads the new chunks back. Thread-safe: of two threads
         given the same new chunk, one stores it and the other waits for it."""
-        known = self.known()
         while True:
             with self._lock:
+                known = self.known()  # listed once, under the lock: both workers see one dict
                 if sha256 in known:
                     return Chunk(sha256, len(content), known[sha256])
                 other = self._writing.get(sha256)

@@ -126,10 +126,14 @@ def close_orphaned_runs(context: dg.AssetExecutionContext, engine, reg) -> None:
         failed = [(r.id, r.mlflow_run_id) for r in list_training_runs(session, status="failed", limit=RECHECK_FAILED)
                   if r.mlflow_run_id]
     for training_run_id, mlflow_run_id in failed:
-        if reg.run_status(mlflow_run_id) != "RUNNING":
+        try:
+            if reg.run_status(mlflow_run_id) != "RUNNING":
+                continue
+            sent = complete_mlflow_run(reg, engine, training_run_id, mlflow_run_id)
+            reg.end_run(mlflow_run_id, "FAILED")
+        except Exception as exc:  # noqa: BLE001 - an old run (deleted, purged) must not block training
+            context.log.warning(f"could not close MLflow run {mlflow_run_id} of failed training run {training_run_id}: {exc}")
             continue
-        sent = complete_mlflow_run(reg, engine, training_run_id, mlflow_run_id)
-        reg.end_run(mlflow_run_id, "FAILED")
         context.log.info(f"closed MLflow run {mlflow_run_id} of failed training run {training_run_id} "
                          f"(MLflow was unreachable when it failed): {sent} batch(es) completed from the database")
 
