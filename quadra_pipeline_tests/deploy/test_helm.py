@@ -108,7 +108,7 @@ def test_each_run_is_its_own_pod_with_requests_and_limits_and_the_code_location_
 
 def manifests() -> list[dict]:
     documents = []
-    for path in sorted((HELM / "manifests").glob("*.yaml")):
+    for path in sorted((HELM / "manifests").glob("*.yaml")) + sorted((HELM / "examples").glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
             if document is not None:
                 documents.append({**document, "_file": path.name})
@@ -135,8 +135,11 @@ def test_every_manifest_parses_and_what_the_values_name_exists():
     assert all(probe in container for probe in ("readinessProbe", "livenessProbe", "startupProbe"))
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert "*" not in env["MLFLOW_SERVER_ALLOWED_HOSTS"] and "*" not in env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"]
-    # The secret holds no value: a copy applied unfilled makes a server that refuses to start.
+    # The secret is a template outside manifests/ (applying manifests/ never overwrites the real
+    # one) and holds no value: a copy applied unfilled makes a server that refuses to start.
     secret = next(d for d in documents if d["kind"] == "Secret")
+    assert secret["_file"] == "mlflow-secret.yaml" and not any(d["kind"] == "Secret" for d in documents if d["_file"] != secret["_file"])
+    assert not list((HELM / "manifests").glob("*secret*"))
     assert set(secret["stringData"]) == {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
     assert all(value == "" for value in secret["stringData"].values())
     # The tracking URI the runs use names the MLflow service, and its Host header is allowed.
