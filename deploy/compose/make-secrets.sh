@@ -8,6 +8,7 @@ if [ -e "$out" ]; then
   echo "deploy-secrets: $out exists; leaving it as it is"
   exit 0
 fi
+command -v openssl >/dev/null 2>&1 || { echo "deploy-secrets: openssl is needed to make the secrets; nothing was written" >&2; exit 1; }
 umask 077
 pem() { openssl genpkey "$@" 2>/dev/null | awk '{printf "%s%s", $0, "\\n"}'; }
 hex() { openssl rand -hex "$1"; }
@@ -26,6 +27,11 @@ trap 'rm -f "$tmp"' EXIT
   printf "QUADRA_MODEL_SIGNING_KEY='%s'\n" "$(pem -algorithm EC -pkeyopt ec_paramgen_curve:P-256)"  # printf: dash's echo would turn each \n into a line break
   printf "QUADRA_BACKUP_SIGNING_KEY='%s'\n" "$(pem -algorithm ed25519)"
 } > "$tmp"
+# Every value made (an openssl failure inside $(...) would leave one empty).
+if grep -Eq "^[A-Z0-9_]+=(''|)$" "$tmp"; then
+  echo "deploy-secrets: could not make every secret (openssl failed); nothing was written" >&2
+  exit 1
+fi
 mv "$tmp" "$out"
 trap - EXIT
 echo "deploy-secrets: wrote $out (mode 600)"

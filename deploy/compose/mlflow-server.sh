@@ -9,10 +9,12 @@ set -eu
 : "${MLFLOW_BACKEND_STORE_URI:?}" "${MLFLOW_AUTH_ADMIN_PASSWORD:?}" "${MLFLOW_FLASK_SERVER_SECRET_KEY:?}"
 umask 077
 export MLFLOW_AUTH_CONFIG_PATH=/run/quadra/basic_auth.ini
+# configparser reads "%" as interpolation: a percent-encoded password needs "%%".
+database_uri="$(printf '%s' "$MLFLOW_BACKEND_STORE_URI" | sed 's/%/%%/g')"
 cat > "$MLFLOW_AUTH_CONFIG_PATH" <<INI
 [mlflow]
 default_permission = NO_PERMISSIONS
-database_uri = ${MLFLOW_BACKEND_STORE_URI}
+database_uri = ${database_uri}
 admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI

@@ -83,6 +83,9 @@ def test_runs_get_every_variable_they_need_from_the_daemon(compose, instance):
     code_env = set(compose["services"]["code"]["environment"])
     forwarded = set(launcher["config"]["env_vars"])
     assert forwarded <= daemon_env, f"forwarded to runs but not set on the daemon: {sorted(forwarded - daemon_env)}"
+    # ...and every setting the stack gives its code reaches the runs, where the work happens.
+    settings = set(compose["x-quadra-env"]) | set(compose["x-dagster-env"])
+    assert settings <= forwarded, f"set for the stack but never passed to a run: {sorted(settings - forwarded)}"
     assert forwarded <= code_env
     # The network and volumes the launcher names are the stack's (fixed names, not project-prefixed).
     assert compose["networks"]["default"]["name"] == launcher["config"]["network"]
@@ -145,3 +148,11 @@ def test_make_deploy_test_without_docker_says_so_and_fails(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert "Docker is not available here" in done.stderr
+
+
+def test_make_deploy_secrets_without_openssl_writes_nothing(tmp_path):
+    target = tmp_path / "deploy.env"
+    made = subprocess.run(["/bin/sh", str(COMPOSE_DIR / "make-secrets.sh"), str(target)], capture_output=True, text=True,
+                          env={"PATH": str(tmp_path / "no-tools-here")})
+    assert made.returncode != 0 and "openssl is needed" in made.stderr
+    assert not target.exists() and list(tmp_path.iterdir()) == []
