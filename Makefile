@@ -69,9 +69,9 @@ clean-venv:
 IMAGE ?= quadra-pipeline:local
 DEPLOY_ENV ?= deploy/.env
 COMPOSE = docker compose --project-directory deploy/compose --env-file $(DEPLOY_ENV) -f deploy/compose/compose.yaml
-# The same sources give the same project wheel (and image layers): timestamps from the commit.
-SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 315532800)
-export SOURCE_DATE_EPOCH
+# The same sources give the same project wheel: its timestamps come from the commit (only for
+# the wheel build; apt's layers are not bit-for-bit reproducible).
+WHEEL_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 315532800)
 # BuildKit where the client has it (buildx), the classic builder otherwise.
 DOCKER_BUILDKIT ?= $(shell docker buildx version >/dev/null 2>&1 && echo 1 || echo 0)
 export DOCKER_BUILDKIT
@@ -83,19 +83,22 @@ docker-check:
 # The wheelhouse the image installs from: the pinned set, built on the host (pip finds torch's
 # CPU wheel here; elsewhere PIP_OPTIONS adds the CPU index), so the image build needs no index.
 wheels: $(STAMP)
+	@$(BIN)/python -c 'import sys; sys.exit(None if sys.version_info[:2] == (3, 11) else "make wheels: the image runs Debian bookworm'"'"'s Python 3.11; this venv is " + sys.version.split()[0] + " (make clean-venv, then PYTHON=python3.11)")'
 	rm -rf build/wheels
-	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check $(PIP_OPTIONS) -c constraints.txt -w build/wheels/deps '.[deploy]'
+	SOURCE_DATE_EPOCH=$(WHEEL_EPOCH) $(BIN)/python -m pip wheel --quiet --disable-pip-version-check $(PIP_OPTIONS) -c constraints.txt -w build/wheels/deps '.[deploy]'
 	mkdir -p build/wheels/project && mv build/wheels/deps/quadra_pipeline-*.whl build/wheels/project/
 
 image: docker-check wheels
-	docker build -t $(IMAGE) .
+	docker build --force-rm -t $(IMAGE) .
 	@docker image inspect -f 'image $(IMAGE): {{.Size}} bytes' $(IMAGE)
 
-# Where no registry is reachable (these machines): stand-ins for the public base images, made
-# from the Debian archive (quadra_pipeline_tests/deploy/standins/). Users get the official ones.
+# The public base images: pulled where a registry answers; where none is reachable (these
+# machines), stand-ins made from the Debian archive (quadra_pipeline_tests/deploy/standins/).
 standins: docker-check
-	quadra_pipeline_tests/deploy/standins/base-image.sh debian:bookworm-slim
-	docker image inspect postgres:15-bookworm >/dev/null 2>&1 || docker build -t postgres:15-bookworm quadra_pipeline_tests/deploy/standins/postgres
+	docker image inspect debian:bookworm-slim >/dev/null 2>&1 || docker pull -q debian:bookworm-slim >/dev/null 2>&1 \
+		|| quadra_pipeline_tests/deploy/standins/base-image.sh debian:bookworm-slim
+	docker image inspect postgres:15-bookworm >/dev/null 2>&1 || docker pull -q postgres:15-bookworm >/dev/null 2>&1 \
+		|| docker build --force-rm -t postgres:15-bookworm quadra_pipeline_tests/deploy/standins/postgres
 
 deploy-secrets:
 	@sh deploy/compose/make-secrets.sh $(DEPLOY_ENV)
@@ -110,6 +113,7 @@ deploy-down:
 
 # The end-to-end test of the stack (quadra_pipeline_tests/deploy/test_stack.py): stand-ins,
 # image, up, a training run in its own container, the registry through MLflow's API, a backup,
-# verify, the restore drill, down and up again; then everything it made is removed.
+# verify, the restore drill, down and up again; then faults on the running stack
+# (test_stack_faults.py); then everything it made is removed.
 deploy-test: docker-check standins $(STAMP)
-	QUADRA_DEPLOY_TEST=1 $(BIN)/python -m pytest -p no:cacheprovider quadra_pipeline_tests/deploy/test_stack.py $(PYTEST_ARGS)
+	QUADRA_DEPLOY_TEST=1 $(BIN)/python -m pytest -p no:cacheprovider quadra_pipeline_tests/deploy/test_stack.py quadra_pipeline_tests/deploy/test_stack_faults.py $(PYTEST_ARGS)

@@ -97,6 +97,10 @@ class Stack:
     def exec(self, service: str, *command: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         return self.compose("exec", "-T", service, *command, check=check, timeout=timeout)
 
+    @staticmethod
+    def inspect(container_id: str) -> dict:
+        return json.loads(docker("inspect", container_id).stdout)[0]
+
     def container(self, service: str) -> dict:
         """`docker inspect` of a service's container."""
         cid = self.compose("ps", "-q", service).stdout.strip()
@@ -126,15 +130,46 @@ class Stack:
             raise StackError(f"GraphQL errors: {answer['errors']}")
         return answer["data"]
 
-    def launch(self, job: str, tags: dict | None = None) -> str:
+    def launch(self, job: str, tags: dict | None = None, config: dict | None = None) -> str:
         """`dagster job launch` through the stack (the webserver's container holds the CLI and
         the stack's instance); the queued run is started by the daemon in a container of its own."""
         run_id = str(uuid.uuid4())
         command = ["dagster", "job", "launch", "-w", "/opt/dagster/app/workspace.yaml", "-j", job, "--run-id", run_id]
         if tags:
             command += ["--tags", json.dumps(tags)]
+        if config:
+            command += ["--config-json", json.dumps(config)]
         self.exec("webserver", *command)
         return run_id
+
+    def wait(self, what: str, condition, timeout: float, every: float = 2.0):
+        """Poll `condition()` until it returns something true (returned); StackError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                value = condition()
+                if value:
+                    return value
+            except (StackError, OSError, urllib.error.URLError, ValueError) as exc:
+                last = exc
+            time.sleep(every)
+        raise StackError(f"{what}: not after {timeout:.0f} s" + (f" (last error: {last})" if last else ""))
+
+    def healthy(self, service: str) -> bool:
+        return self.container(service)["State"].get("Health", {}).get("Status") == "healthy"
+
+    def batches_in_sql(self, run_id: str) -> int:
+        """Metric rows the stack's project database holds for a Dagster run's training run."""
+        return int(self.sql("quadra", "select count(*) from training_metrics m join training_runs r on r.id = m.training_run_id "
+                                      f"where r.external_run_id = '{run_id}'") or 0)
+
+    def training_row(self, run_id: str) -> tuple[str, str, str]:
+        """(status, error, mlflow_run_id) of a Dagster run's training run."""
+        row = self.sql("quadra", "select status || '|' || coalesce(error, '') || '|' || coalesce(mlflow_run_id, '') "
+                                 f"from training_runs where external_run_id = '{run_id}'")
+        status, error, mlflow_run = (row.split("|", 2) + ["", ""])[:3]
+        return status, error, mlflow_run
 
     def run(self, run_id: str) -> dict:
         data = self.graphql(
@@ -205,8 +240,7 @@ class Stack:
         if runs:  # first: they hold the volumes
             docker("rm", "-f", *runs, check=False)
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False, timeout=300)
-        docker("image", "rm", "-f", self.image, check=False)
-        docker("image", "prune", "-f", check=False)
+        docker("image", "rm", "-f", self.image, check=False)  # its layers with it, unless another image shares them
         return leftovers()
 
 

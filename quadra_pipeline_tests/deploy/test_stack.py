@@ -18,33 +18,9 @@ import time
 
 import pytest
 
-from .stack import PHASES, SERVICES, Stack, docker, docker_available, free_port, leftovers
+from .stack import PHASES, SERVICES, Stack, docker, leftovers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    problem = docker_available()
-    if problem:
-        pytest.fail(f"make deploy-test needs Docker: {problem}")  # never skipped: CI must run it
-    existing = leftovers()
-    if existing:
-        pytest.fail("a stack named 'quadra' already exists on this Docker host and this test would replace it: "
-                    f"{', '.join(existing[:6])}; stop it first (make deploy-down, then docker volume rm ...)")
-    the_stack = Stack(env_file=tmp_path_factory.mktemp("deploy") / ".env", image="quadra-pipeline:deploy-test",
-                      dagster_port=free_port(), mlflow_port=free_port())
-    try:
-        yield the_stack
-    finally:
-        left = the_stack.remove_everything()
-        assert not left, f"the test could not remove: {left}"
-
-
-@pytest.fixture(scope="module")
-def runs() -> dict[str, str]:
-    """Run ids by job, shared by the phases below."""
-    return {}
 
 
 def test_image_builds_from_the_wheelhouse_non_root_with_pg_dump(stack):

@@ -1,0 +1,174 @@
+"""Faults on the running stack (after test_stack.py, on the same stack): real containers are
+stopped or killed while work runs, and what the stack does about it is checked and timed. The
+recovery times go into the phase table printed at the end of `make deploy-test`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from .stack import PHASES, StackError
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+#: A training run long enough to break things in (the default corpus holds 200 batches of 10).
+LONG = {"ops": {"train_model": {"config": {"batches": 120, "metrics_flush_every": 5, "log_every": 10}}}}
+#: Minutes of training (3,000 batches on a 30,000-row corpus), far past a 20 s max_runtime.
+LONGER = {"ops": {"corpus": {"config": {"training_rows": 30_000}},
+                  "train_model": {"config": {"batches": 3000, "metrics_flush_every": 10, "log_every": 100}}}}
+
+
+def versions_of(stack, run_id: str) -> list[str]:
+    status, answer = stack.mlflow("/api/2.0/mlflow/registered-models/get?name=quadra-matrix")
+    assert status == 200, answer
+    found = []
+    for version in range(1, 100):
+        code, got = stack.mlflow(f"/api/2.0/mlflow/model-versions/get?name=quadra-matrix&version={version}")
+        if code != 200:
+            break
+        tags = {t["key"]: t["value"] for t in got["model_version"].get("tags", [])}
+        if tags.get("dagster_run_id") == run_id:
+            found.append(str(version))
+    return found
+
+
+def wait_for_batches(stack, run_id: str, at_least: int, timeout: float = 600) -> int:
+    return stack.wait(f"run {run_id}: {at_least} batches in SQL",
+                      lambda: (n := stack.batches_in_sql(run_id)) >= at_least and n, timeout)
+
+
+def test_mlflow_stopped_during_training_fails_the_run_clearly_registers_nothing_and_recovers(stack, runs):
+    """MLflow's container stopped mid-training: the client's bounded retries with backoff end in
+    one clear failure; our training run is marked failed with the reason, no model version is
+    registered for it; once MLflow is back, the next training run succeeds and closes the failed
+    run's MLflow run as FAILED (it could not be reached to be told)."""
+    run_id = stack.launch("training_job", config=LONG)
+    wait_for_batches(stack, run_id, 10)
+    stopped = time.perf_counter()
+    stack.compose("stop", "mlflow")
+    run = stack.wait_for_run(run_id, timeout=600)
+    failed_after = time.perf_counter() - stopped
+    assert run["status"] == "FAILURE"
+    status, error, mlflow_run = stack.training_row(run_id)
+    assert status == "failed" and "MLflow" in error, error
+    assert failed_after < 180, f"the run took {failed_after:.0f} s to fail: retries are not bounded"
+    batches = stack.batches_in_sql(run_id)
+    assert 10 <= batches < 120  # every batch that finished is kept
+    PHASES.append(("fault: MLflow stopped", failed_after, f"training run failed clearly after the stop ({batches} batches kept in SQL)"))
+
+    back = time.perf_counter()
+    stack.compose("start", "mlflow")
+    stack.wait("mlflow healthy again", lambda: stack.healthy("mlflow"), 180)
+    assert versions_of(stack, run_id) == []  # nothing half-registered
+    next_run = stack.launch("training_job")
+    assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_logs(next_run)
+    PHASES.append(("recovery: MLflow back", time.perf_counter() - back, "MLflow started, the next training run succeeded"))
+    code, got = stack.mlflow(f"/api/2.0/mlflow/runs/get?run_id={mlflow_run}")
+    assert code == 200 and got["run"]["info"]["status"] == "FAILED", got
+    runs["training_after_mlflow"] = next_run
+
+
+def test_postgresql_restarted_mid_run_loses_nothing_and_the_next_launch_succeeds(stack, runs):
+    """PostgreSQL restarted while a training run writes to it: the run fails or is retried
+    cleanly (never left running), the instance recovers without restarts, the next launch
+    succeeds, and nothing written before the restart is lost."""
+    before = {job: stack.batches_in_sql(run_id) for job, run_id in runs.items() if job.startswith("training")}
+    run_id = stack.launch("training_job", config=LONG)
+    wait_for_batches(stack, run_id, 10)
+    restarted = time.perf_counter()
+    stack.compose("restart", "postgres")
+    stack.wait("postgres healthy again", lambda: stack.healthy("postgres"), 180)
+
+    def ended() -> dict | None:
+        first = stack.run(run_id)
+        if first.get("status") not in ("SUCCESS", "FAILURE", "CANCELED"):
+            return None
+        retries = stack.graphql(
+            'query($f: RunsFilter) { runsOrError(filter: $f) { ... on Runs { results { runId status } } } }',
+            {"f": {"tags": [{"key": "dagster/parent_run_id", "value": run_id}]}})["runsOrError"]["results"]
+        if any(r["status"] not in ("SUCCESS", "FAILURE", "CANCELED") for r in retries):
+            return None
+        return {"first": first["status"], "retries": [r["status"] for r in retries]}
+
+    outcome = stack.wait(f"run {run_id} (and any retry) ended", ended, 900, every=5)
+    assert outcome["first"] in ("SUCCESS", "FAILURE"), outcome
+    hit_batches = stack.batches_in_sql(run_id)
+    assert hit_batches >= 10  # what it wrote before the restart is still there
+    assert stack.training_row(run_id)[0] in ("failed", "succeeded")  # never left "running"
+    for service in ("webserver", "daemon", "code", "mlflow"):
+        stack.wait(f"{service} healthy", lambda s=service: stack.healthy(s), 180)
+    next_run = stack.launch("training_job")
+    assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_logs(next_run)
+    PHASES.append(("recovery: PostgreSQL restarted", time.perf_counter() - restarted,
+                   f"restart -> the next training run succeeded (the run it hit: {outcome['first'].lower()}, "
+                   f"{hit_batches} batches kept; retries: {len(outcome['retries'])})"))
+    for job, count in before.items():
+        assert stack.batches_in_sql(runs[job]) == count, job
+    assert stack.run(runs["backup"])["status"] == "SUCCESS"  # the run history survived
+    assert stack.exec("code", "quadra", "backup", "verify", check=False).returncode == 0
+
+
+def location_state(stack) -> str:
+    """'loaded', 'error' or 'loading': the code location as the webserver sees it."""
+    data = stack.graphql("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                         "locationOrLoadError { __typename } } } } }")
+    [entry] = data["workspaceOrError"]["locationEntries"]
+    kind = (entry["locationOrLoadError"] or {}).get("__typename")
+    if kind == "PythonError":
+        return "error"
+    if kind == "RepositoryLocation" and entry["loadStatus"] == "LOADED":
+        return "loaded"
+    return "loading"
+
+
+def test_the_code_server_killed_shows_a_location_error_and_everything_recovers_without_restarts(stack, runs):
+    """The code server's process killed (SIGKILL from the host, as an OOM kill would): the
+    webserver shows the location's error (on a reload, as the UI's "Reload" does), Docker's
+    restart policy brings the container back, and the webserver and daemon recover without
+    being restarted: the location loads again and a launched run succeeds."""
+    webserver_started = stack.container("webserver")["State"]["StartedAt"]
+    daemon_started = stack.container("daemon")["State"]["StartedAt"]
+    assert location_state(stack) == "loaded"
+    killed = time.perf_counter()
+    os.kill(stack.container("code")["State"]["Pid"], signal.SIGKILL)
+    def reload() -> str:
+        """What a user's "Reload" in the UI shows (the webserver keeps the last snapshot until then)."""
+        stack.graphql('mutation { reloadRepositoryLocation(repositoryLocationName: "quadra_pipeline") { __typename } }')
+        return location_state(stack)
+
+    saw = stack.wait("the webserver showing the location error", lambda: (state := reload()) == "error" and state, 120, every=1)
+    stack.wait("the code server healthy again", lambda: stack.healthy("code"), 300)
+
+    def reloaded() -> bool:
+        return location_state(stack) == "loaded" or reload() == "loaded"
+
+    stack.wait("the location loaded again in the webserver", reloaded, 180, every=3)
+    next_run = stack.launch("training_job")
+    assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_logs(next_run)
+    PHASES.append(("recovery: code server killed", time.perf_counter() - killed,
+                   f"kill -> location {saw} in the UI -> back, a launched run succeeded"))
+    assert stack.container("webserver")["State"]["StartedAt"] == webserver_started  # not restarted
+    assert stack.container("daemon")["State"]["StartedAt"] == daemon_started
+    assert stack.container("code")["RestartCount"] >= 1
+
+
+def test_a_run_past_its_max_runtime_is_stopped_by_run_monitoring(stack):
+    """A run tagged dagster/max_runtime (seconds) that runs longer is stopped by the daemon's run
+    monitoring (every 30 s here), its container stopped, and it ends failed or canceled."""
+    started = time.perf_counter()
+    run_id = stack.launch("training_job", tags={"dagster/max_runtime": "20"}, config=LONGER)
+    run = stack.wait_for_run(run_id, timeout=300)
+    stopped_after = time.perf_counter() - started
+    assert run["status"] in ("FAILURE", "CANCELED"), run
+    assert stack.batches_in_sql(run_id) < 3000  # stopped, not finished
+    assert stack.training_row(run_id)[0] != "succeeded"
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    container = stack.wait("the run's container stopped",
+                           lambda: (c := stack.inspect(tags["docker/container_id"]))["State"]["Running"] is False and c, 120)
+    assert container["State"]["Running"] is False
+    PHASES.append(("fault: max_runtime 20 s", stopped_after, f"launch -> run {run['status'].lower()} by run monitoring"))
+    if stopped_after > 200:
+        raise StackError(f"a 20 s max_runtime took {stopped_after:.0f} s to stop the run")
