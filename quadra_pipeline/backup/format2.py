@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -26,6 +26,8 @@ from .names import (
     FORMAT_NAME,
     canonical,
     check_backup_id,
+    check_fields,
+    utc_created_at,
     format_time,
     is_sha256,
     normalize_sources,
@@ -89,9 +91,7 @@ class ManifestHeader:
 
     def __post_init__(self) -> None:
         check_backup_id(self.backup_id)
-        if not isinstance(self.created_at, datetime) or self.created_at.utcoffset() is None:
-            raise BackupError(f"backup {self.backup_id}: created_at must be a timezone-aware datetime")
-        object.__setattr__(self, "created_at", self.created_at.astimezone(UTC))
+        object.__setattr__(self, "created_at", utc_created_at(self.backup_id, self.created_at))
         object.__setattr__(self, "sources", normalize_sources(self.sources))
         for name in ("files_object", "checksums_object"):
             if not is_sha256(getattr(self, name)):
@@ -141,12 +141,7 @@ class ManifestHeader:
         if document.get("format") != FORMAT_NAME:
             raise BackupError(f"not a {FORMAT_NAME} manifest (format is {document.get('format')!r})")
         _check_version(document.get("format_version"), "manifest ")
-        missing = _REQUIRED_KEYS - set(document)
-        if missing:
-            raise BackupError(f"manifest lacks {sorted(missing)}")
-        unknown = set(document) - _TOP_LEVEL_KEYS
-        if unknown:
-            raise BackupError(f"manifest has unknown fields {sorted(unknown)}")
+        check_fields(document, _REQUIRED_KEYS, _TOP_LEVEL_KEYS, "manifest")
         return cls(
             backup_id=check_backup_id(document["backup_id"]),
             created_at=parse_time(document["created_at"]),
@@ -192,9 +187,7 @@ class Manifest:
 
     def __post_init__(self) -> None:
         check_backup_id(self.backup_id)
-        if not isinstance(self.created_at, datetime) or self.created_at.utcoffset() is None:
-            raise BackupError(f"backup {self.backup_id}: created_at must be a timezone-aware datetime")
-        object.__setattr__(self, "created_at", self.created_at.astimezone(UTC))
+        object.__setattr__(self, "created_at", utc_created_at(self.backup_id, self.created_at))
         files = tuple(self.files)
         if not all(isinstance(f, FileEntry) for f in files):
             raise BackupError(f"backup {self.backup_id}: files must be FileEntry objects")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -28,6 +28,8 @@ from .names import (
     FORMAT_NAME,
     canonical,
     check_backup_id,
+    check_fields,
+    utc_created_at,
     format_time,
     is_sha256,
     normalize_sources,
@@ -91,9 +93,7 @@ class Header:
 
     def __post_init__(self) -> None:
         check_backup_id(self.backup_id)
-        if not isinstance(self.created_at, datetime) or self.created_at.utcoffset() is None:
-            raise BackupError(f"backup {self.backup_id}: created_at must be a timezone-aware datetime")
-        object.__setattr__(self, "created_at", self.created_at.astimezone(UTC))
+        object.__setattr__(self, "created_at", utc_created_at(self.backup_id, self.created_at))
         object.__setattr__(self, "sources", normalize_sources(self.sources))
         if not is_sha256(self.files_object):
             raise BackupError(f"backup {self.backup_id}: files_object is not 64 lowercase hex digits")
@@ -132,12 +132,7 @@ class Header:
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> Header:
-        missing = _REQUIRED - set(document)
-        if missing:
-            raise BackupError(f"manifest lacks {sorted(missing)}")
-        unknown = set(document) - _KEYS
-        if unknown:
-            raise BackupError(f"manifest has unknown fields {sorted(unknown)}")
+        check_fields(document, _REQUIRED, _KEYS, "manifest")
         if document.get("format") != FORMAT_NAME or document.get("format_version") != FORMAT_VERSION:
             raise BackupError(f"not a format-{FORMAT_VERSION} {FORMAT_NAME} manifest")
         return cls(

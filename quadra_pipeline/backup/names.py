@@ -21,6 +21,23 @@ def is_sha256(value: object) -> bool:
     return isinstance(value, str) and _SHA256_RE.fullmatch(value) is not None
 
 
+def check_fields(document: Any, required: set[str] | frozenset[str], known: set[str] | frozenset[str], what: str) -> None:
+    """`BackupError` unless `document` has every `required` key and only `known` ones."""
+    missing = set(required) - set(document)
+    if missing:
+        raise BackupError(f"{what} lacks {sorted(missing)}")
+    unknown = set(document) - set(known)
+    if unknown:
+        raise BackupError(f"{what} has unknown fields {sorted(unknown)}")
+
+
+def utc_created_at(backup_id: str, created_at: object) -> datetime:
+    """A manifest's time, in UTC; `BackupError` for a naive or non-datetime value."""
+    if not isinstance(created_at, datetime) or created_at.utcoffset() is None:
+        raise BackupError(f"backup {backup_id}: created_at must be a timezone-aware datetime")
+    return created_at.astimezone(UTC)
+
+
 def check_backup_id(backup_id: object) -> str:
     if not isinstance(backup_id, str) or not _BACKUP_ID_RE.fullmatch(backup_id):
         raise BackupError(

@@ -12,6 +12,9 @@ Layout under `root` (docs/BACKUP_FORMAT.md has the whole format):
     staging/<run>.lock, <run>/    work in progress; leftovers of killed runs are removed by `cleanup_staging`
     cache/                        local only: the stat cache, the deep-verification rotation
 
+Checking stored data lives in verification.py, restoring in restore.py, deleting and garbage
+collection in deletion.py, export and import in archive.py.
+
 New backups are format 3 (format3.py); format-2 backups (format2.py) stay listable, verifiable
 and restorable. Pure Python, no Dagster, no SQL: the Dagster assets and `quadra backup` build on it.
 """
@@ -24,7 +27,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,10 +52,10 @@ from .names import check_backup_id, id_time, new_backup_id, object_relpath
 from .signatures import SignaturePolicy
 from .statcache import StatCache
 from .tree import FileEntry, check_mode, check_relative_path
+from .verification import Read, VerifyReport, verify_chunks, verify_objects
 
 MAX_MANIFEST_BYTES = format2.MAX_METADATA_BYTES  # also the limit for a file-list object
 AnyManifest = Union[format2.Manifest, format3.Manifest]
-Read = Union[str, Collection[str]]  # "all", "none", or the chunk ids to re-read
 
 
 @dataclass(frozen=True)
@@ -84,18 +87,6 @@ class CreateResult:
     seconds: float
     files_read: int = 0  # sources read (the rest came from the stat cache)
     added_chunks: list[str] = field(default_factory=list)  # what this backup wrote (its integrity check re-reads them)
-
-
-@dataclass
-class VerifyReport:
-    backup_id: str
-    ok: bool
-    problems: list[str]
-    files_checked: int  # files whose every chunk (or object) was checked
-    bytes_checked: int  # bytes of content re-read and re-hashed
-    chunks_checked: int = 0  # chunks checked (present, right size)
-    chunks_read: int = 0  # chunks re-read and re-hashed
-    format_version: int = 3
 
 
 class BackupRepository:
@@ -323,74 +314,13 @@ class BackupRepository:
         data = self._read_manifest_bytes(backup_id)
         manifest, problems = self._check_manifest(backup_id, data, self._read_sidecar(backup_id))
         if isinstance(manifest, format2.Manifest):
-            report = self._verify_objects(manifest, problems, rehash=read == "all")
+            report = verify_objects(self, manifest, problems, rehash=read == "all")
         else:
-            report = self._verify_chunks(backup_id, manifest, problems, read)
+            report = verify_chunks(self, backup_id, manifest, problems, read)
         if report.problems and not self.manifest_path(backup_id).exists():
             # verify takes no lock (it may run beside a backup): a concurrent delete + gc is not damage
             raise UnknownBackupError(f"backup {backup_id}: deleted while it was being verified")
         return report, manifest
-
-    def _verify_chunks(self, backup_id: str, manifest: format3.Manifest | None, problems: list[str], read: Read) -> VerifyReport:
-        chunks_checked = chunks_read = bytes_checked = 0
-        files = manifest.files if manifest is not None else ()
-        bad: dict[str, str] = {}
-        for sha, (length, stored) in (manifest.chunks if manifest is not None else {}).items():
-            chunks_checked += 1
-            deep = read == "all" or (not isinstance(read, str) and sha in read)
-            problem = self.chunks.problem(sha, stored, read=deep)
-            if deep and problem is None:
-                chunks_read += 1
-                bytes_checked += length
-            if problem:
-                bad[sha] = problem
-        for entry in files:
-            for sha, _, _ in entry.chunks or ():
-                if sha in bad:
-                    problems.append(f"{entry.path}: {bad[sha]}")
-        ok = not problems and manifest is not None
-        return VerifyReport(backup_id, ok, problems, len(files), bytes_checked, chunks_checked, chunks_read, 3)
-
-    def _verify_objects(self, manifest: format2.Manifest, problems: list[str], *, rehash: bool) -> VerifyReport:
-        files_checked = bytes_checked = 0
-        for sha, entries in format2.group_by_object(manifest.files).items():
-            sizes = {entry.size for entry in entries}
-            names = _name_files(entries)
-            if len(sizes) > 1:
-                problems.append(f"{names}: manifest lists object {sha[:12]}... with different sizes {sorted(sizes)}")
-            problem, hashed = self._check_object(sha, entries[0].size, rehash=rehash)
-            bytes_checked += hashed
-            files_checked += len(entries)
-            if problem:
-                problems.append(f"{names}: object {object_relpath(sha)} {problem}")
-        return VerifyReport(manifest.backup_id, not problems, problems, files_checked, bytes_checked, format_version=2)
-
-    def _check_object(self, sha: str, size: int, *, rehash: bool = True) -> tuple[str | None, int]:
-        path = self.object_path(sha)
-        try:
-            fd = _fs.open_regular(path, "object")
-        except FileNotFoundError:
-            return "is missing", 0
-        except BackupError as exc:
-            return f"is unusable ({str(exc).removeprefix(f'object {path} ')})", 0
-        except OSError as exc:
-            return f"cannot be read ({os_reason(exc)})", 0
-        try:
-            actual = os.fstat(fd).st_size
-            if actual != size:
-                word = "truncated" if actual < size else "too long"
-                return f"is {word}: {actual} bytes, the manifest says {size}", 0
-            if not rehash:
-                return None, 0
-            _fs.advise_sequential(fd)
-            digest, hashed = _fs.stream(_fs.fd_reader(fd), size_hint=size)
-        except OSError as exc:
-            return f"cannot be read ({os_reason(exc)})", 0
-        finally:
-            os.close(fd)
-        if digest != sha:
-            return f"is corrupt: its content hashes to {digest[:12]}..., not its name (altered or flipped bytes)", hashed
-        return None, hashed
 
     # Creating ---------------------------------------------------------------------------
 
@@ -671,10 +601,4 @@ class BackupRepository:
                 with contextlib.suppress(OSError):
                     total += os.lstat(os.path.join(directory, name)).st_blocks * 512
         return total
-
-
-def _name_files(entries: list[FileEntry]) -> str:
-    more = f" (+{len(entries) - 1} more files)" if len(entries) > 1 else ""
-    return f"{entries[0].path}{more}"
-
 
