@@ -232,3 +232,15 @@ def fill_disk(directory: Path, leave_pages: int = 0) -> Path:
     size = filler.stat().st_size
     os.truncate(filler, max(0, size - leave_pages * 4096))
     return filler
+
+
+def backup(repo: BackupRepository, tmp_path: Path, seed: int = 0, name: str = "src", **kwargs):
+    """A backup of `tree(seed)` written under tmp_path/name: (CreateResult, the files)."""
+    files = tree(seed)
+    sources = write_tree(tmp_path / name, files)
+    return repo.create(sources, sources={"seed": seed, "mlflow": "3.17.0"}, **kwargs), files
+
+
+def stored_chunks(repo: BackupRepository) -> dict[str, bytes]:
+    """Every stored chunk's bytes, by name."""
+    return {p.name: p.read_bytes() for p in repo.chunks.dir.rglob("*") if p.is_file()}
