@@ -19,6 +19,11 @@ LONG = {"ops": {"train_model": {"config": {"batches": 120, "metrics_flush_every"
 #: Minutes of training (3,000 batches on a 30,000-row corpus), far past a 20 s max_runtime.
 LONGER = {"ops": {"corpus": {"config": {"training_rows": 30_000}},
                   "train_model": {"config": {"batches": 3000, "metrics_flush_every": 10, "log_every": 100}}}}
+#: The run launched after each fault, to show the stack recovered. Its model is judged by the
+#: champion gate against whatever the faults left as champion: a LONG run that a retry finished
+#: is a champion a default run cannot beat, and the gate rightly fails it. These runs test the
+#: infrastructure, not the model, so they pass any model (as test_pipeline's resume test does).
+RECOVERY = {"ops": {"registered_model": {"config": {"tolerance": 1.0}}}}
 
 
 def versions_of(stack, run_id: str) -> list[str]:
@@ -63,7 +68,7 @@ def test_mlflow_stopped_during_training_fails_the_run_clearly_registers_nothing_
     stack.compose("start", "mlflow")
     stack.wait("mlflow healthy again", lambda: stack.healthy("mlflow"), 180)
     assert versions_of(stack, run_id) == []  # nothing half-registered
-    next_run = stack.launch("training_job")
+    next_run = stack.launch("training_job", config=RECOVERY)
     assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_logs(next_run)
     PHASES.append(("recovery: MLflow back", time.perf_counter() - back, "MLflow started, the next training run succeeded"))
     code, got = stack.mlflow(f"/api/2.0/mlflow/runs/get?run_id={mlflow_run}")
@@ -100,7 +105,7 @@ def test_postgresql_restarted_mid_run_loses_nothing_and_the_next_launch_succeeds
     assert stack.training_row(run_id)[0] in ("failed", "succeeded")  # never left "running"
     for service in ("webserver", "daemon", "code", "mlflow"):
         stack.wait(f"{service} healthy", lambda s=service: stack.healthy(s), 180)
-    next_run = stack.launch("training_job")
+    next_run = stack.launch("training_job", config=RECOVERY)
     assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_logs(next_run)
     PHASES.append(("recovery: PostgreSQL restarted", time.perf_counter() - restarted,
                    f"restart -> the next training run succeeded (the run it hit: {outcome['first'].lower()}, "
@@ -146,7 +151,7 @@ def test_the_code_server_killed_shows_a_location_error_and_everything_recovers_w
         return location_state(stack) == "loaded" or reload() == "loaded"
 
     stack.wait("the location loaded again in the webserver", reloaded, 180, every=3)
-    next_run = stack.launch("training_job")
+    next_run = stack.launch("training_job", config=RECOVERY)
     assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_logs(next_run)
     PHASES.append(("recovery: code server killed", time.perf_counter() - killed,
                    f"kill -> location {saw} in the UI -> back, a launched run succeeded"))
