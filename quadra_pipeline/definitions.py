@@ -10,22 +10,35 @@ from pathlib import Path
 import dagster as dg
 from dotenv import load_dotenv
 
-from .settings import load_settings
+from .settings import RunExecutor, SettingsError, load_settings
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     load_dotenv(override=False)  # dg.EnvVar reads os.environ; the settings also read .env
-    load_settings()  # fail the code location early, with one clear message, on bad settings
+    settings = load_settings()  # fail the code location early, with one clear message, on bad settings
+    return dg.Definitions.merge(_load_defs_folder(), dg.Definitions(executor=run_executor(settings.run_executor)))
+
+
+def run_executor(choice: RunExecutor) -> dg.ExecutorDefinition:
+    """The executor of every job, including the one the UI builds for "Materialize".
+
+    By default a run's steps share its process (a process per step would re-import torch and
+    MLflow, ~10 s each here), with waits for a pool slot that sleep, stop on a signal and free
+    the slots of dead runs. On Kubernetes, QUADRA_RUN_EXECUTOR=k8s_job isolates each step in
+    its own pod (Dagster's `k8s_job_executor`, configured by the run launcher's `runK8sConfig`).
+    """
+    if choice is RunExecutor.k8s_job:
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError as exc:
+            raise SettingsError(
+                "QUADRA_RUN_EXECUTOR=k8s_job needs dagster-k8s: pip install 'quadra-pipeline[deploy]'"
+            ) from exc
+        return k8s_job_executor
     from .defs.runs.executor import quadra_in_process_executor
 
-    return dg.Definitions.merge(
-        _load_defs_folder(),
-        # Every job, including the one the UI builds for "Materialize", runs in one process (a
-        # process per step would re-import torch and MLflow, ~10 s each here), with waits for
-        # a pool slot that sleep, stop on a signal and free the slots of dead runs.
-        dg.Definitions(executor=quadra_in_process_executor),
-    )
+    return quadra_in_process_executor
 
 
 def _load_defs_folder() -> dg.Definitions:

@@ -29,6 +29,14 @@ class Environment(str, enum.Enum):
     test = "test"
 
 
+class RunExecutor(str, enum.Enum):
+    """How a run executes its steps: all in the run's own process (the default, and what the
+    pools' waits are tuned for), or each step in its own Kubernetes Job (`dagster-k8s`)."""
+
+    in_process = "in_process"
+    k8s_job = "k8s_job"
+
+
 #: Settings that name a key file (blank means unset).
 _KEY_FILES = ("model_signing_key_file", "model_verify_key_file", "backup_signing_key_file", "backup_verify_key_file")
 
@@ -68,6 +76,8 @@ class Settings(BaseSettings):
     backup_dump_timeout: float = Field(3600.0, alias="QUADRA_BACKUP_DUMP_TIMEOUT", gt=0, le=7 * 24 * 3600)
     # Deep verification re-reads 1/N of the stored chunks each run, all of them within N runs.
     backup_verify_runs: int = Field(24, alias="QUADRA_BACKUP_VERIFY_RUNS", ge=1, le=100_000)
+    # Step isolation on Kubernetes: QUADRA_RUN_EXECUTOR=k8s_job runs each step as its own pod.
+    run_executor: RunExecutor = Field(RunExecutor.in_process, alias="QUADRA_RUN_EXECUTOR")
 
     # Model defaults (spec: field size 100, batch size ~10 rows, lr 0.001).
     field_size: int = Field(100, alias="QUADRA_FIELD_SIZE", ge=2, le=4096)
@@ -83,7 +93,7 @@ class Settings(BaseSettings):
             return Path(".quadra") if getattr(info, "field_name", "") == "home" else None
         return value
 
-    @field_validator("env", mode="before")
+    @field_validator("env", "run_executor", mode="before")
     @classmethod
     def _env_any_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

@@ -1,15 +1,14 @@
 """Jobs and schedules.
 
-`training_job` runs in one process: every step would otherwise re-import torch and MLflow
-(~10 s each here), which costs more than the training itself at the default size. Its tag
-lets dagster.yaml run at most one training job at a time; others wait in the queue.
+`training_job`'s tag lets dagster.yaml run at most one training job at a time; others wait in
+the queue. Its executor, as every job's, is chosen once in `definitions.py` (by default the
+whole run in one process: every step would otherwise re-import torch and MLflow, ~10 s each
+here, more than the training itself at the default size).
 """
 
 from __future__ import annotations
 
 import dagster as dg
-
-from .runs.executor import quadra_in_process_executor
 
 from .common import TRAINING_TAG
 
@@ -17,7 +16,6 @@ training_job = dg.define_asset_job(
     name="training_job",
     selection=dg.AssetSelection.groups("data", "training", "evaluation", "registry"),
     description="Corpus snapshot -> trained model (+ metrics, state) -> evaluation -> registered version -> champion.",
-    executor_def=quadra_in_process_executor,
     tags={TRAINING_TAG: "true"},
 )
 

@@ -46,6 +46,27 @@ def test_production_code_location_refuses_to_load_without_a_secret(quadra_env, m
         defs()
 
 
+def test_every_job_runs_in_process_by_default_and_each_step_in_a_pod_with_k8s_job(quadra_env, monkeypatch):
+    """QUADRA_RUN_EXECUTOR picks the executor of every job (the option for step isolation on
+    Kubernetes, set in deploy/helm/values.yaml); a wrong value names the variable and the choices."""
+    from quadra_pipeline.definitions import defs
+    from quadra_pipeline.defs.runs.executor import quadra_in_process_executor
+    from quadra_pipeline.settings import SettingsError
+
+    def executors() -> set[str]:
+        return {job.executor_def.name for job in defs().resolve_all_job_defs()}
+
+    assert executors() == {quadra_in_process_executor.name}
+    monkeypatch.setenv("QUADRA_RUN_EXECUTOR", "K8s_Job")
+    assert executors() == {"k8s"}
+    from dagster_k8s import k8s_job_executor
+
+    assert defs().resolve_job_def("training_job").executor_def is k8s_job_executor
+    monkeypatch.setenv("QUADRA_RUN_EXECUTOR", "celery")
+    with pytest.raises(SettingsError, match=r"QUADRA_RUN_EXECUTOR.*in_process.*k8s_job"):
+        defs()
+
+
 @pytest.fixture
 def postgres_database():
     with scratch_database("quadra_dagster") as url:

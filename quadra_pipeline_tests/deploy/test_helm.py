@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -104,6 +105,22 @@ def test_each_run_is_its_own_pod_with_requests_and_limits_and_the_code_location_
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "quadra_pipeline.definitions"]
     assert deployment["readinessProbe"]["enabled"] and deployment["livenessProbe"] and deployment["startupProbe"]["enabled"]
     assert deployment["includeConfigInLaunchedRuns"]["enabled"]  # runs get the same env, secrets, volumes
+
+
+def test_the_code_locations_quadra_settings_are_known_and_valid(values, tmp_path, monkeypatch):
+    """Every QUADRA_* variable the values set is a setting the code reads, with a value it accepts
+    (a misspelt name would be ignored silently, a wrong value would stop the code location)."""
+    from quadra_pipeline.settings import RunExecutor, Settings, load_settings
+
+    for name in [n for n in os.environ if n.startswith("QUADRA_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no developer's .env
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    env = {e["name"]: e["value"] for e in deployment["env"] if e["name"].startswith("QUADRA_")}
+    assert set(env) <= {field.alias for field in Settings.model_fields.values()}
+    assert env.pop("QUADRA_ENV") == "production"  # (whose secrets come from the quadra-secrets secret)
+    settings = load_settings(**env)
+    assert settings.run_executor is RunExecutor.in_process  # step isolation is one value away: k8s_job
 
 
 def manifests() -> list[dict]:

@@ -15,7 +15,6 @@ import dagster as dg
 
 from ..common import CHAMPION, METRICS, MODEL, OWNER, REGISTERED, SYSTEM_STATE
 from ..resources import DataHome, StoreResource
-from ..runs.executor import quadra_in_process_executor
 
 BACKUP = dg.AssetKey("backup")
 BACKUP_TAG = "quadra/backup"  # dagster.yaml: one backup run at a time (plus the lock on disk)
@@ -103,7 +102,6 @@ backup_job = dg.define_asset_job(
     name="backup_job",
     selection=[BACKUP],
     partitions_def=hourly_partitions,
-    executor_def=quadra_in_process_executor,
     tags={BACKUP_TAG: "true"},
     description="Back up everything needed to recover, for one hour's partition.",
 )
