@@ -187,6 +187,15 @@ class Stack:
                 raise StackError(f"run {run_id} still {run.get('status')} after {timeout:.0f} s")
             time.sleep(3)
 
+    def run_messages(self, run_id: str) -> list[str]:
+        """The messages of a run's events in the instance's event log (what the UI's run page lists)."""
+        logs = self.graphql(
+            "query($id: ID!) { logsForRun(runId: $id) { __typename ... on EventConnection { events { "
+            "... on MessageEvent { message } } } ... on PythonError { message } } }", {"id": run_id})["logsForRun"]
+        if logs["__typename"] != "EventConnection":
+            raise StackError(f"no event log for run {run_id}: {logs}")
+        return [event["message"] for event in logs["events"] if event.get("message")]
+
     def run_logs(self, run_id: str) -> str:
         ids = docker("ps", "-aq", "--filter", f"label=dagster/run_id={run_id}").stdout.split()
         return "\n".join(docker("logs", i, check=False).stdout[-4000:] + docker("logs", i, check=False).stderr[-4000:] for i in ids)

@@ -170,6 +170,8 @@ def test_a_run_past_its_max_runtime_is_stopped_by_run_monitoring(stack):
     assert run["status"] in ("FAILURE", "CANCELED"), run
     assert stack.batches_in_sql(run_id) < 3000  # stopped, not finished
     assert stack.training_row(run_id)[0] != "succeeded"
+    # Stopped by run monitoring, for this reason (not by anything else that could end a run).
+    assert any("maximum runtime of 20 seconds" in m for m in stack.run_messages(run_id)), stack.run_messages(run_id)[-5:]
     tags = {t["key"]: t["value"] for t in run["tags"]}
     container = stack.wait("the run's container stopped",
                            lambda: (c := stack.inspect(tags["docker/container_id"]))["State"]["Running"] is False and c, 120)
