@@ -144,15 +144,19 @@ class ChunkStore:
             raise BackupError("a chunk does not decompress to what was compressed (memory or library fault); no backup was made")
         tmp = staging / f"chunk-{sha256}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
-        try:
-            _fs.write_all(fd, memoryview(payload))
-        finally:
-            os.close(fd)
         target = self.path(sha256)
-        if not target.parent.is_dir():
-            _fs.mkdirs(target.parent, self.dir)
-        existed = os.path.lexists(target)
-        os.replace(tmp, target)  # (also replaces a damaged copy of the same content)
+        try:
+            try:
+                _fs.write_all(fd, memoryview(payload))
+            finally:
+                os.close(fd)
+            if not target.parent.is_dir():
+                _fs.mkdirs(target.parent, self.dir)
+            existed = os.path.lexists(target)
+            os.replace(tmp, target)  # (also replaces a damaged copy of the same content)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # nothing half-written stays, and a thread that waited can try again
+            raise
         with self._lock:
             if not existed:
                 added.append(target)

@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+from quadra_pipeline.backup import chunks as chunks_module
 from quadra_pipeline.backup.chunks import WORKERS, ChunkStore, compression, decode, store_stream
 
 
@@ -19,12 +20,32 @@ def _store(root: Path) -> tuple[ChunkStore, Path]:
     return store, staging
 
 
-def test_the_same_new_chunk_from_many_threads_at_once_is_stored_once(tmp_path):
-    store, staging = _store(tmp_path / "repo")
-    content = memoryview(os.urandom(300_000))
+class HeldStore(ChunkStore):
+    """A chunk store whose first write is held until every thread has looked for the chunk, so
+    the others find it claimed and wait: the overlap is forced, not left to the scheduler."""
+
+    def __init__(self, root: Path, threads: int) -> None:
+        super().__init__(root)
+        self.threads = threads
+        self.looked, self.writes = 0, 0
+        self.all_looked = threading.Event()
+
+    def known(self) -> dict[str, int]:
+        self.looked += 1  # `put` calls this under the store's lock, once per look
+        if self.looked >= self.threads:
+            self.all_looked.set()
+        return super().known()
+
+    def _store(self, *args):
+        self.writes += 1
+        assert self.all_looked.wait(30), "not every thread looked for the chunk"
+        return super()._store(*args)
+
+
+def put_from_threads(store: ChunkStore, staging: Path, content: memoryview, threads: int):
     sha = hashlib.sha256(content).hexdigest()
     added: list[Path] = []
-    start = threading.Barrier(8)
+    start = threading.Barrier(threads)
     results, errors = [], []
 
     def put() -> None:
@@ -34,14 +55,49 @@ def test_the_same_new_chunk_from_many_threads_at_once_is_stored_once(tmp_path):
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=put) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    workers = [threading.Thread(target=put) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert not any(worker.is_alive() for worker in workers), "a thread is stuck waiting for the chunk"
+    return sha, added, results, errors
+
+
+def test_the_same_new_chunk_from_many_threads_at_once_is_stored_once(tmp_path):
+    store = HeldStore(tmp_path / "repo", threads=8)
+    _, staging = _store(store.root)
+    content = memoryview(os.urandom(300_000))
+    sha, added, results, errors = put_from_threads(store, staging, content, 8)
     assert errors == []
+    assert store.writes == 1  # the seven others waited for the first, then found it stored
     assert len(results) == 8 and len(set(results)) == 1
     assert added == [store.path(sha)]  # recorded once: an undo removes it once
+    assert decode(store.path(sha).read_bytes(), len(content), sha) == bytes(content)
+    assert os.listdir(staging) == []
+
+
+def test_when_the_thread_storing_a_chunk_fails_a_waiting_thread_stores_it(tmp_path, monkeypatch):
+    """The first writer fails half-way (the disk full after part of the chunk): its error is
+    its own, nothing half-written stays, and one of the threads that waited for it stores the
+    chunk instead of taking the failure for a stored chunk."""
+    store = HeldStore(tmp_path / "repo", threads=4)
+    _, staging = _store(store.root)
+    real_write_all, calls = chunks_module._fs.write_all, []
+
+    def full_once(fd: int, data: memoryview) -> None:
+        calls.append(len(data))
+        if len(calls) == 1:
+            os.write(fd, data[:1000])
+            raise OSError(28, "No space left on device")
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(chunks_module._fs, "write_all", full_once)
+    content = memoryview(os.urandom(300_000))
+    sha, added, results, errors = put_from_threads(store, staging, content, 4)
+    assert [type(e) for e in errors] == [OSError]
+    assert store.writes == 2 and len(results) == 3 and len(set(results)) == 1
+    assert added == [store.path(sha)]
     assert decode(store.path(sha).read_bytes(), len(content), sha) == bytes(content)
     assert os.listdir(staging) == []
 
