@@ -23,7 +23,7 @@ from quadra_pipeline.backup.format3 import Header, sidecar_text
 from quadra_pipeline.backup.signatures import SignaturePolicy
 from quadra_pipeline.keys import generate
 
-from .test_repository_helpers import (
+from .repository_helpers import (
     KEY,
     SIGNING,
     assert_untouched,
@@ -31,10 +31,8 @@ from .test_repository_helpers import (
     disk_bytes,
     flip_byte,
     read_tree,
-    repo,  # noqa: F401  (fixture)
     sha256sum_check,
     sha256sum_check_backup,
-    small_disk,  # noqa: F401  (fixture)
     tree,
     write_tree,
 )

@@ -12,10 +12,9 @@ import pytest
 from quadra_pipeline.backup import BackupRepository, IntegrityError
 from quadra_pipeline.keys import generate
 
-from .test_repository_helpers import (  # noqa: F401
+from .repository_helpers import (
     SIGNING,
     VERIFY_ONLY,
-    repo,
     rewrite_manifest,
     write_tree,
 )

@@ -9,7 +9,7 @@ import pytest
 
 from quadra_pipeline.backup import BackupRepository, IntegrityError
 
-from .test_repository_helpers import (
+from .repository_helpers import (
     KEY,
     SIGNING,
     read_tree,

@@ -28,7 +28,7 @@ from quadra_pipeline.backup import (
 from quadra_pipeline.backup.chunks import ZSTD_MAGIC, decode
 from quadra_pipeline.keys import generate
 
-from .test_repository_helpers import (
+from .repository_helpers import (
     backup,
     stored_chunks,
     KEY,
@@ -42,7 +42,6 @@ from .test_repository_helpers import (
     hand_check_signature,
     hand_check_tree,
     read_tree,
-    repo,  # noqa: F401  (fixture)
     sha256sum_check,
     sha256sum_check_backup,
     tree,

@@ -9,12 +9,11 @@ import pytest
 
 from quadra_pipeline.backup import BackupError, BackupRepository, _fs
 
-from .test_repository_helpers import (  # noqa: F401
+from .repository_helpers import (
     SIGNING,
     assert_untouched,
     fill_disk,
     read_tree,
-    small_disk,
     write_tree,
 )
 

@@ -22,7 +22,7 @@ import pytest
 
 from quadra_pipeline.backup import BackupLockedError, BackupRepository, SourceFile
 
-from .test_repository_helpers import (
+from .repository_helpers import (
     REPO_ROOT,
     SIGNING,
     assert_untouched,

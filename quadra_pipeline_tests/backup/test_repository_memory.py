@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from .test_repository_helpers import run_python
+from .repository_helpers import run_python
 
 SIZE = 200 << 20
 

@@ -23,14 +23,13 @@ from quadra_pipeline.backup import (
 )
 from quadra_pipeline.keys import generate
 
-from .test_repository_helpers import (
+from .repository_helpers import (
     backup,
     SIGNING,
     VERIFY_ONLY,
     chunks_of,
     flip_byte,
     read_tree,
-    repo,  # noqa: F401  (fixture)
     rewrite_manifest,
     sha256sum_check,
     sha256sum_check_backup,

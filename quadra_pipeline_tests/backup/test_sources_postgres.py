@@ -24,7 +24,7 @@ from quadra_pipeline.backup.postgres import restore_dump
 from quadra_pipeline.backup.sources import Snapshot, SnapshotError, SourceStream
 from quadra_pipeline.store.session import mask_url, normalize_url
 
-from .test_sources import REVISION, Home, home, leftover_workdirs, write  # noqa: F401  (home: the fixture)
+from .source_homes import REVISION, Home, leftover_workdirs, write
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 

@@ -10,8 +10,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from quadra_pipeline.backup import BackupRepository, SourceFile
 from quadra_pipeline.keys import KeyPair, generate
 
@@ -184,11 +182,6 @@ def flip_byte(path: Path, offset: int = 0) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> BackupRepository:
-    return BackupRepository(tmp_path / "repo", keys=SIGNING, hmac_key=KEY, require_signature=True)
-
-
 def assert_untouched(repo: BackupRepository, ids: list[str]) -> None:
     """Every backup in `ids` still verifies and is exactly what the repository lists."""
     assert repo.backup_ids() == ids
@@ -198,23 +191,6 @@ def assert_untouched(repo: BackupRepository, ids: list[str]) -> None:
         checked = sha256sum_check_backup(repo.root, backup_id)
         assert checked.returncode == 0, checked.stdout + checked.stderr
     assert repo.history_problems() == []
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 2 MB tmpfs, to fill up. Skipped (with the reason) only where mounting is not allowed."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a 2 MB tmpfs for the full-disk test: {mounted.stderr.strip() or mounted.returncode}")
-    try:
-        yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def fill_disk(directory: Path, leave_pages: int = 0) -> Path:
