@@ -2,7 +2,8 @@
 # Stand-in for the public `debian:bookworm-slim` where no registry is reachable: the same thing
 # Debian's own image is, a minbase debootstrap of bookworm with apt lists, docs, man pages and
 # locales removed, imported and tagged with the public name. Skipped when the image exists.
-# Usage: base-image.sh [NAME:TAG]   (needs root, debootstrap and docker)
+# Usage: base-image.sh [NAME:TAG]   (needs root, debootstrap and docker; DEBIAN_MIRROR and
+# DEBIAN_SECURITY_MIRROR name mirrors of Debian's archive and of its security archive)
 set -euo pipefail
 name="${1:-debian:bookworm-slim}"
 if docker image inspect "$name" >/dev/null 2>&1; then
@@ -10,6 +11,7 @@ if docker image inspect "$name" >/dev/null 2>&1; then
   exit 0
 fi
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+security_mirror="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 rootfs="$(mktemp -d /tmp/quadra-rootfs.XXXXXX)"
 trap 'rm -rf "$rootfs"' EXIT
 echo "standins: debootstrap bookworm from $mirror (stand-in for $name)"
@@ -17,7 +19,7 @@ debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/dev/null
 cat > "$rootfs/etc/apt/sources.list" <<SOURCES
 deb $mirror bookworm main
 deb $mirror bookworm-updates main
-deb http://deb.debian.org/debian-security bookworm-security main
+deb $security_mirror bookworm-security main
 SOURCES
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
   "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*.log
