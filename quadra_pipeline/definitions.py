@@ -26,7 +26,10 @@ def run_executor(choice: RunExecutor) -> dg.ExecutorDefinition:
     By default a run's steps share its process (a process per step would re-import torch and
     MLflow, ~10 s each here), with waits for a pool slot that sleep, stop on a signal and free
     the slots of dead runs. On Kubernetes, QUADRA_RUN_EXECUTOR=k8s_job isolates each step in
-    its own pod (Dagster's `k8s_job_executor`, configured by the run launcher's `runK8sConfig`).
+    its own pod (Dagster's `k8s_job_executor`, configured by the run launcher's `runK8sConfig`
+    and the run's `execution` config). Its step pods are owned by the run pod: a run pod that
+    dies (an OOM kill, a lost node) takes its steps with it, so a pool slot that run monitoring
+    frees is never still used by an orphaned step.
     """
     if choice is RunExecutor.k8s_job:
         try:
@@ -35,7 +38,11 @@ def run_executor(choice: RunExecutor) -> dg.ExecutorDefinition:
             raise SettingsError(
                 "QUADRA_RUN_EXECUTOR=k8s_job needs dagster-k8s: pip install 'quadra-pipeline[deploy]'"
             ) from exc
-        return k8s_job_executor
+        return k8s_job_executor.configured(
+            lambda config: {**config, "enable_owner_references": True},
+            config_schema=k8s_job_executor.config_schema.config_type,
+            name=k8s_job_executor.name,
+        )
     from .defs.runs.executor import quadra_in_process_executor
 
     return quadra_in_process_executor

@@ -53,15 +53,19 @@ def test_every_job_runs_in_process_by_default_and_each_step_in_a_pod_with_k8s_jo
     from quadra_pipeline.defs.runs.executor import quadra_in_process_executor
     from quadra_pipeline.settings import SettingsError
 
-    def executors() -> set[str]:
-        return {job.executor_def.name for job in defs().resolve_all_job_defs()}
+    def executors() -> set[dg.ExecutorDefinition]:
+        return {job.executor_def for job in defs().resolve_all_job_defs()}
 
-    assert executors() == {quadra_in_process_executor.name}
+    assert executors() == {quadra_in_process_executor}  # ours (it sleeps while waiting), not Dagster's
     monkeypatch.setenv("QUADRA_RUN_EXECUTOR", "K8s_Job")
-    assert executors() == {"k8s"}
-    from dagster_k8s import k8s_job_executor
-
-    assert defs().resolve_job_def("training_job").executor_def is k8s_job_executor
+    assert {executor.name for executor in executors()} == {"k8s"}
+    # Dagster's k8s_job_executor, its config open to the run (the Launchpad), with step pods
+    # always owned by the run pod (an orphaned step never outlives its run's pool slot).
+    training = defs().resolve_job_def("training_job")
+    execution = dg.validate_run_config(training, {"execution": {"config": {"max_concurrent": 2}}})["execution"]
+    assert execution["k8s"]["max_concurrent"] == 2 and execution["k8s"]["enable_owner_references"] is True
+    execution = dg.validate_run_config(training, {"execution": {"config": {"enable_owner_references": False}}})["execution"]
+    assert execution["k8s"]["enable_owner_references"] is True
     monkeypatch.setenv("QUADRA_RUN_EXECUTOR", "celery")
     with pytest.raises(SettingsError, match=r"QUADRA_RUN_EXECUTOR.*in_process.*k8s_job"):
         defs()
