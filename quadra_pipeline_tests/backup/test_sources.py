@@ -24,7 +24,6 @@ from quadra_pipeline.backup.sources import (
     SnapshotError,
     SourceFile,
     is_excluded,
-    take_snapshot,
 )
 
 from .source_homes import REVISION, Home, leftover_workdirs, make_sqlite, sha256, stream_to_file, write

@@ -188,13 +188,20 @@ class Stack:
             time.sleep(3)
 
     def run_messages(self, run_id: str) -> list[str]:
-        """The messages of a run's events in the instance's event log (what the UI's run page lists)."""
-        logs = self.graphql(
-            "query($id: ID!) { logsForRun(runId: $id) { __typename ... on EventConnection { events { "
-            "... on MessageEvent { message } } } ... on PythonError { message } } }", {"id": run_id})["logsForRun"]
-        if logs["__typename"] != "EventConnection":
-            raise StackError(f"no event log for run {run_id}: {logs}")
-        return [event["message"] for event in logs["events"] if event.get("message")]
+        """The messages of a run's events in the instance's event log (what the UI's run page lists),
+        every page of it."""
+        messages, cursor = [], None
+        while True:
+            logs = self.graphql(
+                "query($id: ID!, $after: String) { logsForRun(runId: $id, afterCursor: $after) { __typename "
+                "... on EventConnection { events { ... on MessageEvent { message } } cursor hasMore } "
+                "... on PythonError { message } } }", {"id": run_id, "after": cursor})["logsForRun"]
+            if logs["__typename"] != "EventConnection":
+                raise StackError(f"no event log for run {run_id}: {logs}")
+            messages += [event["message"] for event in logs["events"] if event.get("message")]
+            if not logs["hasMore"]:
+                return messages
+            cursor = logs["cursor"]
 
     def run_logs(self, run_id: str) -> str:
         ids = docker("ps", "-aq", "--filter", f"label=dagster/run_id={run_id}").stdout.split()
