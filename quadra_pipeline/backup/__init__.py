@@ -15,14 +15,10 @@ from .errors import (
     UnknownBackupError,
     UnsafePathError,
 )
-from .repository import (
-    BackupRepository,
-    CreateResult,
-    GcResult,
-    SourceFile,
-    SourceStream,
-    VerifyReport,
-)
+from .creation import CreateResult, SourceFile, SourceStream
+from .deletion import GcResult
+from .repository import BackupRepository
+from .verification import VerifyReport
 from .tree import FileEntry
 
 __all__ = [

@@ -12,8 +12,8 @@ Layout under `root` (docs/BACKUP_FORMAT.md has the whole format):
     staging/<run>.lock, <run>/    work in progress; leftovers of killed runs are removed by `cleanup_staging`
     cache/                        local only: the stat cache, the deep-verification rotation
 
-Checking stored data lives in verification.py, restoring in restore.py, deleting and garbage
-collection in deletion.py, export and import in archive.py.
+Creating a backup lives in creation.py, checking stored data in verification.py, restoring in
+restore.py, deleting and garbage collection in deletion.py, export and import in archive.py.
 
 New backups are format 3 (format3.py); format-2 backups (format2.py) stay listable, verifiable
 and restorable. Pure Python, no Dagster, no SQL: the Dagster assets and `quadra backup` build on it.
@@ -22,21 +22,20 @@ and restorable. Pure Python, no Dagster, no SQL: the Dagster assets and `quadra 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Union
+from typing import Union
 
 from ..keys import KeyPair
 from . import _fs, format2, format3
-from .chunks import ChunkStore, store_stream
+from .chunks import ChunkStore
+from .creation import CreateResult, SourceFile, SourceStream
 from .deletion import GcResult
 from .errors import (
     BackupError,
@@ -48,45 +47,12 @@ from .errors import (
 )
 from .history import History
 from .locking import repository_lock
-from .names import check_backup_id, id_time, new_backup_id, object_relpath
+from .names import check_backup_id, object_relpath
 from .signatures import SignaturePolicy
-from .statcache import StatCache
-from .tree import FileEntry, check_mode, check_relative_path
 from .verification import Read, VerifyReport, verify_chunks, verify_objects
 
 MAX_MANIFEST_BYTES = format2.MAX_METADATA_BYTES  # also the limit for a file-list object
 AnyManifest = Union[format2.Manifest, format3.Manifest]
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """One file to back up: `path` in the restore tree, read from `source` (a consistent copy for live databases)."""
-
-    path: str
-    source: Path
-    mode: int = 0o644
-
-
-@dataclass(frozen=True)
-class SourceStream:
-    """One file to back up from a stream (a database dump): `open()` is a context manager that
-    yields a binary stream, read to its end once, and raises if what produced it failed."""
-
-    path: str
-    open: Callable[[], AbstractContextManager[IO[bytes]]]
-    mode: int = 0o600
-
-
-@dataclass
-class CreateResult:
-    manifest: format3.Manifest
-    manifest_sha256: str
-    total_bytes: int
-    stored_bytes: int  # bytes of new chunks written (compressed where it paid; the rest was deduplicated)
-    file_count: int
-    seconds: float
-    files_read: int = 0  # sources read (the rest came from the stat cache)
-    added_chunks: list[str] = field(default_factory=list)  # what this backup wrote (its integrity check re-reads them)
 
 
 class BackupRepository:
@@ -322,7 +288,7 @@ class BackupRepository:
             raise UnknownBackupError(f"backup {backup_id}: deleted while it was being verified")
         return report, manifest
 
-    # Creating ---------------------------------------------------------------------------
+    # Creating (creation.py) ------------------------------------------------------------------
 
     def create(
         self,
@@ -333,189 +299,14 @@ class BackupRepository:
         created_at: datetime | None = None,
         use_stat_cache: bool = False,
     ) -> CreateResult:
-        """A format-3 backup: each source read once (hashed and cut into chunks as it is read),
-        only new chunks written, the file system synced, then the file list, the sidecar, the
-        manifest (extending the chain) and the head, last.
+        """A format-3 backup of `files`, recorded with `sources` (creation.py: each source read
+        once, only new chunks written, the head last; on any failure nothing is added).
+        `use_stat_cache` skips files the stat cache says are unchanged (statcache.py)."""
+        from .creation import create_backup
 
-        `use_stat_cache`: skip reading files whose (device, inode, size, mtime, ctime) match the
-        previous run's and whose chunks are all present (statcache.py explains the trade-off).
-        `sources` may be changed by the streams while they are read (a dump records the row
-        counts it saw); it is read after the last file.
-        """
-        started = time.monotonic()
-        self.policy.check_can_write()  # before reading anything
-        created_at = created_at or datetime.now(UTC)
-        if created_at.utcoffset() is None:
-            raise BackupError("create: created_at must be timezone-aware (UTC)")
-        auto_id = backup_id is None
-        backup_id = new_backup_id(created_at) if backup_id is None else check_backup_id(backup_id)
-        files = sorted(files, key=lambda f: f.path)
-        seen: set[str] = set()
-        for item in files:
-            check_relative_path(item.path, f"backup {backup_id} file list")
-            check_mode(item.mode, item.path, f"backup {backup_id} file list")
-            if item.path in seen:
-                raise BackupError(f"backup {backup_id}: path {item.path!r} is given twice")
-            seen.add(item.path)
-        format3.Manifest.build(backup_id, created_at, tuple(FileEntry(f.path, 0, "0" * 64, f.mode, ()) for f in files), {}, 1, None)
-
-        with self.lock():
-            try:
-                self._ensure_layout()
-                self.cleanup_staging()
-            except OSError as exc:
-                raise BackupError(f"{self.root}: cannot prepare backup {backup_id}: {os_reason(exc)}") from None
-            while auto_id and self.manifest_path(backup_id).exists():
-                backup_id = new_backup_id(created_at)
-            if self.manifest_path(backup_id).exists():
-                raise BackupError(f"backup {backup_id} already exists in {self.root}")
-            tip = self._tip()
-            while auto_id and tip is not None and backup_id <= tip.backup_id:
-                # The clock is behind the newest backup's (stepped back, or a backup imported from
-                # a machine whose clock ran ahead): keep the ids in the history's order.
-                created_at = max(created_at, (id_time(tip.backup_id) or created_at)) + timedelta(seconds=1)
-                backup_id = new_backup_id(created_at)
-            previous_files = self._files_of(tip.backup_id) if tip is not None else {}
-            cache = StatCache(self.root / "cache" / "stat-cache.json") if use_stat_cache else None
-            added: list[Path] = []
-            written: list[Path] = []
-            self.chunks.forget()
-            try:
-                with _fs.StagingRun(self.staging_dir) as run:
-                    entries, read = [], 0
-                    for index, item in enumerate(files):
-                        entry, was_read = self._store(item, run.dir, previous_files.get(item.path), cache, added)
-                        entries.append(entry)
-                        read += was_read
-                        _fs.hook("object", index=index, path=item.path)
-                    _fs.sync_fs(self.chunks.dir)  # every chunk durable before anything names it
-                    sequence = self._sequence_after(tip)
-                    manifest = format3.Manifest.build(backup_id, created_at, tuple(entries), dict(sources), sequence, tip)
-                    document = self.policy.sign(manifest.header.document())
-                    header = format3.Header.from_document(document)
-                    manifest = format3.Manifest(header, manifest.files)
-                    self._put_metadata_object(header.files_object, manifest.file_list_bytes, run, added)
-                    _fs.hook("file-list")
-                    data = header.to_json()
-                    manifest_sha = hashlib.sha256(data).hexdigest()
-                    written.append(self.sidecar_path(backup_id))
-                    _fs.atomic_write(self.sidecar_path(backup_id), format3.sidecar_text(header, manifest_sha), run.dir)
-                    _fs.hook("sidecar")
-                    written.append(self.manifest_path(backup_id))
-                    _fs.atomic_write(self.manifest_path(backup_id), data, run.dir)
-                    _fs.hook("manifest")
-                    # The head is the commit point of a failing run (a kill just before it leaves a
-                    # complete backup one past the head, which the history accepts).
-                    self.history.write_head(format3.Link(backup_id, manifest_sha), sequence, run.dir)
-                    written.clear()
-                    added_chunks = [p.name for p in added if p.parent.parent == self.chunks.dir]
-                    stored = sum(self.chunks.known().get(sha, 0) for sha in added_chunks)
-                    added.clear()
-                    _fs.hook("head")
-                    if cache is not None:
-                        with contextlib.suppress(OSError):
-                            cache.save(run.dir)  # only a cache
-            except OSError as exc:
-                self._undo(added, written)
-                where = f" ({exc.filename})" if exc.filename else ""
-                raise BackupError(f"{self.root}: cannot write backup {backup_id}: {os_reason(exc)}{where}; no backup was made") from None
-            except BaseException:
-                self._undo(added, written)
-                raise
-        return CreateResult(
-            manifest=manifest,
-            manifest_sha256=manifest_sha,
-            total_bytes=manifest.total_bytes,
-            stored_bytes=stored,
-            file_count=len(entries),
-            seconds=time.monotonic() - started,
-            files_read=read,
-            added_chunks=added_chunks,
+        return create_backup(
+            self, files, sources=sources, backup_id=backup_id, created_at=created_at, use_stat_cache=use_stat_cache
         )
-
-    def _tip(self) -> format3.Link | None:
-        """The backup a new one extends; refuses to extend a broken history (a rollback must not
-        be papered over by the next backup)."""
-        problems, tip = self.history.check(self._format3_headers())
-        if problems:
-            raise IntegrityError(
-                summarize("no backup was made: the repository's history is broken (quadra backup verify)", problems),
-                problems,
-            )
-        return tip
-
-    def _sequence_after(self, tip: format3.Link | None) -> int:
-        if tip is None:
-            return 1
-        header = format3.Header.from_document(json.loads(self._read_manifest_bytes(tip.backup_id)))
-        return header.sequence + 1
-
-    def _files_of(self, backup_id: str) -> dict[str, FileEntry]:
-        """path -> entry of a backup (to reuse what the stat cache says is unchanged)."""
-        try:
-            manifest = self.read_manifest(backup_id)
-        except BackupError:
-            return {}
-        return {e.path: e for e in manifest.files if e.chunks is not None}
-
-    def _store(
-        self, item: SourceFile | SourceStream, staging: Path, previous: FileEntry | None, cache: StatCache | None, added: list[Path]
-    ) -> tuple[FileEntry, int]:
-        """(entry, 1 if the source was read)."""
-        what = f"backup source for {item.path!r}:"
-        if isinstance(item, SourceStream):
-            try:
-                with item.open() as handle:
-                    sha, size, chunks = store_stream(self.chunks, handle.read, staging, added)
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                    raise
-                raise BackupError(f"{what} cannot read the stream: {os_reason(exc)}") from None
-            return FileEntry(item.path, size, sha, item.mode, tuple((c.sha256, c.length, c.stored) for c in chunks)), 1
-        try:
-            fd = _fs.open_regular(Path(item.source), what)
-        except FileNotFoundError:
-            raise BackupError(f"{what} {item.source} does not exist") from None
-        except OSError as exc:
-            raise BackupError(f"{what} cannot open {item.source}: {os_reason(exc)}") from None
-        try:
-            before = os.fstat(fd)
-            if cache is not None and previous is not None:
-                sha = cache.lookup(Path(item.source), before)
-                known = self.chunks.known()
-                if sha == previous.sha256 and before.st_size == previous.size and all(c[0] in known for c in previous.chunks or ()):
-                    cache.keep(Path(item.source), before, sha)
-                    return FileEntry(item.path, previous.size, previous.sha256, item.mode, previous.chunks), 0
-            started_ns = time.time_ns()
-            _fs.advise_sequential(fd)
-            with os.fdopen(os.dup(fd), "rb", buffering=0) as handle:
-                try:
-                    sha, size, chunks = store_stream(self.chunks, handle.read, staging, added)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                        raise
-                    raise BackupError(f"{what} cannot read {item.source}: {os_reason(exc)}") from None
-            if cache is not None:
-                cache.record(Path(item.source), before, os.fstat(fd), sha, started_ns)
-        finally:
-            os.close(fd)
-        return FileEntry(item.path, size, sha, item.mode, tuple((c.sha256, c.length, c.stored) for c in chunks)), 1
-
-    def _put_metadata_object(self, sha: str, payload: bytes, run: _fs.StagingRun, added: list[Path]) -> None:
-        """Store a file-list object (unless the same bytes are there already: unchanged backups
-        share it; a damaged copy is replaced)."""
-        target = self.object_path(sha)
-        data, _ = self._read_metadata_object(sha)
-        if data == payload:
-            return
-        existed = os.path.lexists(target)
-        tmp = run.dir / f"metadata-{sha}"
-        _fs.write_file(tmp, payload, 0o444)
-        _fs.mkdirs(target.parent, self.objects_dir)
-        os.replace(tmp, target)
-        if not existed:
-            added.append(target)  # a repaired copy stays even if this run fails later
-        _fs.fsync_dir(target.parent)
 
     def _undo(self, added: list[Path], written: list[Path]) -> None:
         """After a failed create/import: remove the sidecar/manifest and what this run added."""

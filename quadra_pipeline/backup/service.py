@@ -30,11 +30,13 @@ from typing import Any
 
 from ..settings import Environment, Settings
 from . import postgres
+from .creation import CreateResult
 from .errors import BackupError, UnknownBackupError
 from .names import id_time
-from .repository import BackupRepository, CreateResult, VerifyReport
+from .repository import BackupRepository
 from .retention import BackupInfo, RetentionPlan, RetentionPolicy, plan_retention
 from .sources import ARTIFACTS, CHECKPOINTS, MLFLOW_DB, PROJECT_DB, take_snapshot
+from .verification import VerifyReport
 
 log = logging.getLogger(__name__)
 

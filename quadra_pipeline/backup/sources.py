@@ -79,10 +79,7 @@ from ..store.session import mask_url
 from . import postgres
 from .errors import SnapshotError
 from .postgres import parse as _parse
-from .repository import (  # one definition each, shared with the repository
-    SourceFile,
-    SourceStream,
-)
+from .creation import SourceFile, SourceStream  # one definition each, shared with the repository
 from .sqlite_stream import snapshot_stream
 
 #: Restore-tree folders.
