@@ -1,6 +1,7 @@
 """The whole graph, materialised against a real Dagster instance, MLflow store and database."""
 
 import hashlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -287,3 +288,47 @@ def test_a_run_that_failed_while_mlflow_was_down_has_its_mlflow_run_closed_by_th
     assert result.success
     assert reg.run_status(left_open) == "FAILED"
     assert sorted(reg.metric_steps(left_open, "loss")) == [1, 2]  # completed from the database
+
+
+def test_training_runs_whose_mlflow_run_was_deleted_never_block_training(instance, quadra_env):
+    """A training run left "running" by a dead Dagster run, and a failed one, each with an MLflow
+    run deleted since (by a user, in the UI): their MLflow runs cannot be told anything, which is
+    logged; the next training run still succeeds, and the dead one ends failed in SQL."""
+    from mlflow import MlflowClient
+
+    from quadra_pipeline.settings import load_settings
+    from quadra_pipeline.store import (ensure_schema, finish_training_run, get_training_run, make_engine, session_scope,
+                                       set_mlflow_run, start_training_run)
+    from quadra_pipeline.store.runs import append_metric
+
+    @dg.asset
+    def ended() -> int:
+        return 1
+
+    dead_dagster_run = dg.materialize([ended], instance=instance).run_id  # a finished run of this instance
+    settings = load_settings()
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine)
+    reg = registry()
+    deleted = {name: reg.start_run(name) for name in ("dead", "failed")}
+    with session_scope(engine) as session:
+        dead = start_training_run(session, external_run_id=dead_dagster_run, field_size=16, seed=0).id
+        set_mlflow_run(session, dead, deleted["dead"])
+        failed = start_training_run(session, external_run_id="dagster-run-that-failed", field_size=16, seed=0).id
+        set_mlflow_run(session, failed, deleted["failed"])
+    for run in (dead, failed):
+        append_metric(engine, run, {"batch_number": 1, "loss": 0.5, "reward": 1.0, "variance": 0.1, "field_mean": 0.0})
+    with session_scope(engine) as session:
+        finish_training_run(session, failed, status="failed", error="RegistryUnavailableError: MLflow tracking server ... is unreachable")
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    for run_id in deleted.values():
+        client.delete_run(run_id)
+
+    result = training_job().execute_in_process(run_config=run_config(batches=3), instance=instance)
+    assert result.success
+    warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    for run_id in deleted.values():
+        assert any(f"could not close MLflow run {run_id}" in m for m in warnings), warnings
+    with session_scope(engine) as session:
+        assert get_training_run(session, dead).status == "failed"
+    engine.dispose()

@@ -106,19 +106,15 @@ def close_orphaned_runs(context: dg.AssetExecutionContext, engine, reg) -> None:
         run = context.instance.get_run_by_id(dagster_run_id) if dagster_run_id else None
         if run is None or not run.is_finished:
             continue  # alive, or not a run of this instance: not ours to judge
-        sent = 0
-        if mlflow_run_id:
-            sent = complete_mlflow_run(reg, engine, training_run_id, mlflow_run_id)
-            if reg.run_status(mlflow_run_id) == "RUNNING":
-                reg.end_run(mlflow_run_id, "FAILED")
+        sent = _close_mlflow_run(context, reg, engine, training_run_id, mlflow_run_id) if mlflow_run_id else None
         with session_scope(engine) as session:
             finish_training_run(
                 session, training_run_id, status="failed",
                 error=f"Dagster run {dagster_run_id} ended ({run.status.value}) without closing this training run: its process died",
             )
         context.log.info(
-            f"closed training run {training_run_id} of dead Dagster run {dagster_run_id}: "
-            f"MLflow run completed with {sent} batch(es) from the database, both marked failed"
+            f"closed training run {training_run_id} of dead Dagster run {dagster_run_id}, marked failed"
+            + (f"; its MLflow run completed with {sent} batch(es) from the database and marked failed" if sent is not None else "")
         )
     # Runs that failed while MLflow was unreachable: marked failed here, but MLflow could not be
     # told, so their MLflow run still says RUNNING. The most recent few are checked each time.
@@ -126,16 +122,26 @@ def close_orphaned_runs(context: dg.AssetExecutionContext, engine, reg) -> None:
         failed = [(r.id, r.mlflow_run_id) for r in list_training_runs(session, status="failed", limit=RECHECK_FAILED)
                   if r.mlflow_run_id]
     for training_run_id, mlflow_run_id in failed:
-        try:
-            if reg.run_status(mlflow_run_id) != "RUNNING":
-                continue
-            sent = complete_mlflow_run(reg, engine, training_run_id, mlflow_run_id)
-            reg.end_run(mlflow_run_id, "FAILED")
-        except Exception as exc:  # noqa: BLE001 - an old run (deleted, purged) must not block training
-            context.log.warning(f"could not close MLflow run {mlflow_run_id} of failed training run {training_run_id}: {exc}")
-            continue
-        context.log.info(f"closed MLflow run {mlflow_run_id} of failed training run {training_run_id} "
-                         f"(MLflow was unreachable when it failed): {sent} batch(es) completed from the database")
+        sent = _close_mlflow_run(context, reg, engine, training_run_id, mlflow_run_id)
+        if sent is not None:
+            context.log.info(f"closed MLflow run {mlflow_run_id} of failed training run {training_run_id} "
+                             f"(MLflow was unreachable when it failed): {sent} batch(es) completed from the database")
+
+
+def _close_mlflow_run(context: dg.AssetExecutionContext, reg, engine, training_run_id: int, mlflow_run_id: str) -> int | None:
+    """An MLflow run still RUNNING whose training run ended: the batches the database has and
+    it lacks are sent, and it is marked FAILED. Returns how many were sent, or None when it was
+    closed already or cannot be closed (deleted, purged: logged, never raised, so that an old
+    run does not block training)."""
+    try:
+        if reg.run_status(mlflow_run_id) != "RUNNING":
+            return None
+        sent = complete_mlflow_run(reg, engine, training_run_id, mlflow_run_id)
+        reg.end_run(mlflow_run_id, "FAILED")
+        return sent
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        context.log.warning(f"could not close MLflow run {mlflow_run_id} of training run {training_run_id}: {exc}")
+        return None
 
 
 def _predecessor(engine, checkpoint: str | None):
