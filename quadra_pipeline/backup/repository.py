@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -35,7 +34,7 @@ from typing import Union
 from ..keys import KeyPair
 from . import _fs, format2, format3
 from .chunks import ChunkStore
-from .creation import CreateResult, SourceFile, SourceStream
+from .creation import CreateResult, SourceFile, SourceStream, create_backup
 from .deletion import GcResult
 from .errors import (
     BackupError,
@@ -302,8 +301,6 @@ class BackupRepository:
         """A format-3 backup of `files`, recorded with `sources` (creation.py: each source read
         once, only new chunks written, the head last; on any failure nothing is added).
         `use_stat_cache` skips files the stat cache says are unchanged (statcache.py)."""
-        from .creation import create_backup
-
         return create_backup(
             self, files, sources=sources, backup_id=backup_id, created_at=created_at, use_stat_cache=use_stat_cache
         )

@@ -1,6 +1,5 @@
 """Production wiring: EnvVar-backed resources, and deploy/compose/dagster.yaml on a real PostgreSQL."""
 
-import os
 import shutil
 
 import dagster as dg

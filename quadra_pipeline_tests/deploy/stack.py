@@ -106,7 +106,7 @@ class Stack:
         cid = self.compose("ps", "-q", service).stdout.strip()
         if not cid:
             raise StackError(f"service {service} has no container")
-        return json.loads(docker("inspect", cid).stdout)[0]
+        return self.inspect(cid)
 
     def sql(self, database: str, query: str) -> str:
         """One value from the stack's PostgreSQL, as its superuser over the local socket."""
