@@ -31,10 +31,12 @@ class Environment(str, enum.Enum):
 
 class RunExecutor(str, enum.Enum):
     """How a run executes its steps: all in the run's own process (the default, and what the
-    pools' waits are tuned for), or each step in its own Kubernetes Job (`dagster-k8s`)."""
+    pools' waits are tuned for), each step in its own Kubernetes Job (`dagster-k8s`), or each
+    step as a Celery task on whichever worker host takes it (`dagster-celery`)."""
 
     in_process = "in_process"
     k8s_job = "k8s_job"
+    celery = "celery"
 
 
 #: Settings that name a key file (blank means unset).
@@ -78,6 +80,15 @@ class Settings(BaseSettings):
     backup_verify_runs: int = Field(24, alias="QUADRA_BACKUP_VERIFY_RUNS", ge=1, le=100_000)
     # Step isolation on Kubernetes: QUADRA_RUN_EXECUTOR=k8s_job runs each step as its own pod.
     run_executor: RunExecutor = Field(RunExecutor.in_process, alias="QUADRA_RUN_EXECUTOR")
+    # QUADRA_RUN_EXECUTOR=celery: the broker and result backend (URLs may carry passwords).
+    celery_broker_url: str | None = Field(None, alias="QUADRA_CELERY_BROKER_URL", repr=False)
+    celery_backend_url: str | None = Field(None, alias="QUADRA_CELERY_BACKEND_URL", repr=False)
+    # Where steps on different hosts share files (sweep checkpoints, corpus snapshots):
+    # s3://bucket[/prefix] (credentials and endpoint the AWS way: AWS_SHARED_CREDENTIALS_FILE,
+    # AWS_ENDPOINT_URL_S3), or a folder; default: $QUADRA_HOME/objects.
+    object_store_override: str | None = Field(None, alias="QUADRA_OBJECT_STORE")
+    # A sweep refuses a search space of more trials than this, before any trial starts.
+    sweep_max_trials: int = Field(200, alias="QUADRA_SWEEP_MAX_TRIALS", ge=1, le=100_000)
 
     # Model defaults (spec: field size 100, batch size ~10 rows, lr 0.001).
     field_size: int = Field(100, alias="QUADRA_FIELD_SIZE", ge=2, le=4096)
@@ -103,7 +114,8 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
 
-    @field_validator("database_url_override", "mlflow_tracking_uri_override", "mlflow_ui_url_override", mode="before")
+    @field_validator("database_url_override", "mlflow_tracking_uri_override", "mlflow_ui_url_override",
+                     "celery_broker_url", "celery_backend_url", "object_store_override", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
@@ -170,6 +182,13 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return self.home / "checkpoints"
+
+    @property
+    def object_store(self) -> str:
+        """Where steps share files: an s3:// URL, or a local folder (default under the data home)."""
+        if self.object_store_override:
+            return self.object_store_override
+        return str(self.home / "objects")
 
     @property
     def backup_dir(self) -> Path:

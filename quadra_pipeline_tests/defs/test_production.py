@@ -65,8 +65,8 @@ def test_every_job_runs_in_process_by_default_and_each_step_in_a_pod_with_k8s_jo
     assert execution["k8s"]["max_concurrent"] == 2 and execution["k8s"]["enable_owner_references"] is True
     execution = dg.validate_run_config(training, {"execution": {"config": {"enable_owner_references": False}}})["execution"]
     assert execution["k8s"]["enable_owner_references"] is True
-    monkeypatch.setenv("QUADRA_RUN_EXECUTOR", "celery")
-    with pytest.raises(SettingsError, match=r"QUADRA_RUN_EXECUTOR.*in_process.*k8s_job"):
+    monkeypatch.setenv("QUADRA_RUN_EXECUTOR", "ray")
+    with pytest.raises(SettingsError, match=r"QUADRA_RUN_EXECUTOR.*in_process.*k8s_job.*celery"):
         defs()
 
 
