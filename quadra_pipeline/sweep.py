@@ -104,7 +104,7 @@ class Draw:
         else:
             value = rng.uniform(self.low, self.high)
         if HYPERPARAMETERS[name].kind is int:
-            return int(round(value))
+            return round(value)
         return value
 
 

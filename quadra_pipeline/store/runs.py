@@ -139,12 +139,15 @@ def set_mlflow_run(session: Session, run: RunRef, mlflow_run_id: str) -> Trainin
 
 
 def list_training_runs(
-    session: Session, *, status: str | None = None, limit: int | None = None
+    session: Session, *, status: str | None = None, limit: int | None = None, external_prefix: str | None = None
 ) -> list[TrainingRun]:
-    """Runs, newest first."""
+    """Runs, newest first; `external_prefix`: those whose external run id starts with it (the
+    attempts of one sweep trial: "<dagster run id>/trial_003#2")."""
     query = select(TrainingRun).order_by(TrainingRun.started_at.desc(), TrainingRun.id.desc())
     if status is not None:
         query = query.where(TrainingRun.status == status)
+    if external_prefix is not None:
+        query = query.where(TrainingRun.external_run_id.startswith(external_prefix, autoescape=True))
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query))

@@ -21,9 +21,9 @@ from pydantic import Field
 from ...data.snapshot import read_snapshot
 from ...model import load_checkpoint
 from ...model.checkpoint import CheckpointError, non_finite_tensors
-from ...plots import training_curve_png
-from ...tracking import MetricLogger, ProgressLog, complete_mlflow_run
-from ...training import CHECKPOINT_NAME, TrainingConfig, run_training
+from ...tracked_training import Predecessor, train_tracked
+from ...tracking import complete_mlflow_run
+from ...training import CHECKPOINT_NAME, TrainingConfig
 from ..common import CORPUS, METRICS, MODEL, OWNER, SYSTEM_STATE, code_version, upstream_metadata
 from ..resources import DataHome, RegistryResource, StoreResource
 
@@ -55,13 +55,6 @@ def check_corpus_is_large_enough(training_rows: int, config: TrainingRunConfig) 
             f"the corpus has {training_rows} training rows, but batches={config.batches} x "
             f"rows_per_batch={config.rows_per_batch} needs {needed}: raise the corpus's training_rows"
         )
-
-
-def _quietly(context: dg.AssetExecutionContext, action) -> None:
-    try:
-        action()
-    except Exception as exc:
-        context.log.warning(f"cleanup after a failed training step also failed: {type(exc).__name__}: {exc}")
 
 
 def _image_markdown(png: bytes) -> str:
@@ -144,22 +137,22 @@ def _close_mlflow_run(context: dg.AssetExecutionContext, reg, engine, training_r
         return None
 
 
-def _predecessor(engine, checkpoint: str | None):
-    """(training run id that wrote `checkpoint`, its batches) when the database knows it."""
+def _predecessor(engine, checkpoint: str | None) -> Predecessor | None:
+    """The training run that wrote `checkpoint` and its batches, when the database knows it."""
     from ...store import UnknownRunError, get_training_run, session_scope
 
     if checkpoint is None:
-        return None, 0
+        return None
     progress = load_checkpoint(checkpoint).progress
     done = int(progress.get("batches_done", 0))
     origin = progress.get("origin") or {}
     if not origin.get("dagster_run_id"):
-        return None, done
+        return None
     with session_scope(engine) as session:
         try:
-            return get_training_run(session, origin["dagster_run_id"]).id, done
+            return Predecessor(get_training_run(session, origin["dagster_run_id"]).id, done)
         except UnknownRunError:
-            return None, done
+            return None
 
 
 @dg.multi_asset(
@@ -207,16 +200,6 @@ def train_model(
     store: StoreResource,
     registry: RegistryResource,
 ):
-    from ...store import (
-        copy_metrics,
-        finish_training_run,
-        metrics_for_run,
-        save_system_state,
-        session_scope,
-        set_mlflow_run,
-        start_training_run,
-    )
-
     snapshot = read_snapshot(upstream_metadata(context, CORPUS)["path"])
     check_corpus_is_large_enough(snapshot.training_rows, config)
     resume_from, resume_reason = resume_point(context, config, data_home.path)
@@ -236,85 +219,30 @@ def train_model(
     reg.check_available()  # fail before training, not after, when MLflow is unreachable
     engine = store.engine()
     close_orphaned_runs(context, engine, reg)
-    predecessor, resumed_at = _predecessor(engine, resume_from)
+    predecessor = _predecessor(engine, resume_from)
     run_id = context.run.run_id
-    with session_scope(engine) as session:
-        training_run_id = start_training_run(
-            session,
-            external_run_id=run_id,
-            field_size=config.field_size,
-            seed=config.seed,
-            config={**training.as_dict(), "resume_from": resume_from},
-            source={**snapshot.source, "snapshot": snapshot.fingerprint},
-        ).id
-    mlflow_run_id: str | None = None
-    logger: MetricLogger | None = None
-    try:
-        mlflow_run_id = reg.start_run(
-            f"train-{run_id[:8]}",
-            tags={"dagster_run_id": run_id, "data_fingerprint": snapshot.fingerprint, "code_version": code_version(),
-                  **({"resumed_from": resume_from} if resume_from else {})},
-        )
-        with session_scope(engine) as session:
-            set_mlflow_run(session, training_run_id, mlflow_run_id)
-            inherited = copy_metrics(session, predecessor, training_run_id, through_batch=resumed_at) if predecessor else 0
-        if inherited:
-            complete_mlflow_run(reg, engine, training_run_id, mlflow_run_id)  # the carried-over batches
-            context.log.info(f"carried over the metrics of batches 1..{resumed_at} from training run {predecessor}")
-        out_dir = data_home.checkpoint_dir(run_id)
-        logger = MetricLogger(engine, training_run_id, reg, mlflow_run_id, flush_every=config.metrics_flush_every)
-        reg.log_params(mlflow_run_id, {**config.model_dump(), "resume_from": resume_from, "data_fingerprint": snapshot.fingerprint})
-        outcome = run_training(
-            training,
-            out_dir,
-            resume=resume_from,
-            on_batch=[logger, ProgressLog(context.log.info, config.batches, config.rows_per_batch, config.log_every)],
-            on_checkpoint=lambda path, sha, done: context.log.info(f"checkpoint after batch {done}: {path} ({sha[:12]})"),
-            origin={"dagster_run_id": run_id, "mlflow_run_id": mlflow_run_id},
-        )
-        logger.close()
-        if outcome.batches_done < config.batches:
-            raise dg.Failure(
-                f"the corpus ran out after {outcome.batches_done} of {config.batches} batches "
-                "(rows without usable text); raise the corpus's training_rows"
-            )
-        with session_scope(engine) as session:
-            history = metrics_for_run(session, training_run_id)  # carried over + trained here
-        png = training_curve_png(history, title=f"run {run_id[:8]}")
-        curve_path = out_dir / "training_curve.png"
-        curve_path.write_bytes(png)
-        reg.log_artifact(mlflow_run_id, curve_path)
-        with session_scope(engine) as session:
-            state_id = save_system_state(
-                session,
-                field_size=config.field_size,
-                iteration_count=outcome.batches_done,
-                is_running=False,
-                is_initialized=True,
-                loss_history=[m.loss for m in history],
-                reward_history=[m.reward for m in history],
-                variance_history=[m.variance for m in history],
-                field_mean_history=[m.field_mean for m in history],
-                training_run=training_run_id,
-            ).id
-            finish_training_run(session, training_run_id, status="succeeded")
-        mlflow_steps = sorted(reg.metric_steps(mlflow_run_id, "loss"))
-        reg.end_run(mlflow_run_id, "FINISHED")
-    except BaseException as exc:
-        # Close both records whatever failed (the database or MLflow may be the broken part),
-        # after sending MLflow every batch that finished; the original error propagates.
-        error = f"{type(exc).__name__}: {exc}"[:2000]
-        if logger is not None:
-            _quietly(context, logger.close)
-        _quietly(context, lambda: reg.end_run(mlflow_run_id, "FAILED") if mlflow_run_id else None)
-
-        def mark_failed() -> None:
-            with session_scope(engine) as session:
-                finish_training_run(session, training_run_id, status="failed", error=error)
-
-        _quietly(context, mark_failed)
-        raise
-
+    tracked = train_tracked(
+        training,
+        data_home.checkpoint_dir(run_id),
+        engine=engine,
+        registry=reg,
+        external_run_id=run_id,
+        run_name=f"train-{run_id[:8]}",
+        tags={"dagster_run_id": run_id, "data_fingerprint": snapshot.fingerprint, "code_version": code_version(),
+              **({"resumed_from": resume_from} if resume_from else {})},
+        params={**config.model_dump(), "resume_from": resume_from, "data_fingerprint": snapshot.fingerprint},
+        source={**snapshot.source, "snapshot": snapshot.fingerprint},
+        resume_from=resume_from,
+        predecessor=predecessor,
+        origin={"dagster_run_id": run_id},
+        say=context.log.info,
+        log_every=config.log_every,
+        flush_every=config.metrics_flush_every,
+        save_state=True,
+    )
+    outcome, history, mlflow_run_id = tracked.outcome, tracked.history, tracked.mlflow_run_id
+    training_run_id, inherited, mlflow_steps, png = tracked.training_run_id, tracked.carried_over, tracked.mlflow_steps, tracked.curve_png
+    state_id = tracked.system_state_id
     last = outcome.metrics[-1] if outcome.metrics else None
     run_url = reg.run_url(mlflow_run_id, registry.ui_base())
     stored = [m.batch_number for m in history]
