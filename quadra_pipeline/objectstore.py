@@ -255,3 +255,19 @@ def open_object_store(url: str) -> ObjectStore:
     if parts.scheme in ("", "file"):
         return LocalObjectStore(parts.path if parts.scheme == "file" else url)
     raise ObjectStoreError(f"unsupported object store {url!r}: use s3://bucket[/prefix] or a folder")
+
+
+def fetch_verified(store: ObjectStore, key: str, dest: str | os.PathLike[str], sha256: str) -> Path:
+    """`key` at `dest`, whose bytes must have `sha256`: a copy already there is reused when it
+    matches; a fetched copy that does not match is deleted and refused (damaged or replaced)."""
+    dest = Path(dest)
+    if dest.is_file() and sha256_file(dest) == sha256:
+        return dest
+    store.get_file(key, dest)
+    actual = sha256_file(dest)
+    if actual != sha256:
+        dest.unlink(missing_ok=True)
+        raise ObjectStoreError(
+            f"{key} in {store.url} has SHA-256 {actual[:12]}, not the recorded {sha256[:12]} (damaged or replaced)"
+        )
+    return dest

@@ -81,6 +81,7 @@ def train_tracked(
     flush_every: int = 10,
     save_state: bool = False,
     accept: Callable[[TrainingOutcome], None] | None = None,
+    on_checkpoint: Callable[[Path, str, int], None] | None = None,
 ) -> TrackedRun:
     """Train `training` into `out_dir`, recording it in SQL and in a new MLflow run.
 
@@ -118,7 +119,7 @@ def train_tracked(
             out_dir,
             resume=resume_from,
             on_batch=[logger, ProgressLog(say, training.batches, training.rows_per_batch, log_every)],
-            on_checkpoint=lambda path, sha, done: say(f"checkpoint after batch {done}: {path} ({sha[:12]})"),
+            on_checkpoint=lambda path, sha, done: _checkpointed(path, sha, done, say, on_checkpoint),
             origin={**(origin or {}), "mlflow_run_id": mlflow_run_id},
         )
         logger.close()
@@ -161,6 +162,13 @@ def train_tracked(
     return TrackedRun(outcome, training_run_id, mlflow_run_id, history, inherited, mlflow_steps, png, state_id)
 
 
+def _checkpointed(path: Path, sha: str, done: int, say: Callable[[str], None],
+                  also: Callable[[Path, str, int], None] | None) -> None:
+    say(f"checkpoint after batch {done}: {path} ({sha[:12]})")
+    if also is not None:
+        also(path, sha, done)
+
+
 def fail_tracked(
     engine: Engine,
     registry: Any,
@@ -183,6 +191,23 @@ def fail_tracked(
             finish_training_run(session, training_run_id, status="failed", error=error[:2000])
 
     _quietly(say, mark_failed)
+
+
+def close_mlflow_run(registry: Any, engine: Engine, training_run_id: int, mlflow_run_id: str,
+                     say: Callable[[str], None] = log.warning) -> int | None:
+    """An MLflow run still RUNNING whose training run ended or died: the batches the database
+    has and it lacks are sent, and it is marked FAILED. Returns how many were sent, or None when
+    it was closed already or cannot be closed (deleted, purged, MLflow down: said, never
+    raised, so that one old run does not block the runs after it)."""
+    try:
+        if registry.run_status(mlflow_run_id) != "RUNNING":
+            return None
+        sent = complete_mlflow_run(registry, engine, training_run_id, mlflow_run_id)
+        registry.end_run(mlflow_run_id, "FAILED")
+        return sent
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        say(f"could not close MLflow run {mlflow_run_id} of training run {training_run_id}: {exc}")
+        return None
 
 
 def _quietly(say: Callable[[str], None], action: Callable[[], Any]) -> None:

@@ -58,6 +58,14 @@ class CorpusSnapshot:
         return data
 
 
+def rows_fingerprint(train: list[str], held_out: list[str]) -> str:
+    """The SHA-256 a snapshot is named by: of its training rows, then its held-out rows."""
+    digest = hashlib.sha256()
+    for part in (train, held_out):
+        digest.update(json.dumps(part, ensure_ascii=False).encode("utf-8"))
+    return digest.hexdigest()
+
+
 def write_snapshot(source: TextSource, root: str | os.PathLike[str], training_rows: int, held_out_rows: int) -> CorpusSnapshot:
     """Take `training_rows` then `held_out_rows` rows from `source` into a snapshot under `root`."""
     check_usable(source)
@@ -72,10 +80,7 @@ def write_snapshot(source: TextSource, root: str | os.PathLike[str], training_ro
     usable_held_out = sum(map(is_usable, held_out))
     if usable_held_out == 0:
         raise DataSourceError(f"{source_label(source)}: none of the {held_out_rows} held-out rows has more than 10 characters")
-    digest = hashlib.sha256()
-    for part in (train, held_out):
-        digest.update(json.dumps(part, ensure_ascii=False).encode("utf-8"))
-    fingerprint = digest.hexdigest()
+    fingerprint = rows_fingerprint(train, held_out)
     root = Path(root)
     final = root / fingerprint[:16]
     if (final / MANIFEST_FILE).exists():
@@ -121,3 +126,62 @@ def read_snapshot(path: str | os.PathLike[str]) -> CorpusSnapshot:
         if not file.exists():
             raise DataSourceError(f"corpus snapshot {path} is incomplete: {file.name} is missing")
     return snapshot
+
+
+# Sharing a snapshot between hosts -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    """A snapshot as steps on other hosts find it: its fingerprint and its folder in the object
+    store (`corpus/<first 16 hex digits>`), with the counts for messages and checks."""
+
+    fingerprint: str
+    store_key: str
+    training_rows: int
+    held_out_rows: int
+    source: dict[str, Any]
+
+    @property
+    def folder_name(self) -> str:
+        return self.fingerprint[:16]
+
+
+def publish_snapshot(snapshot: CorpusSnapshot, store: Any) -> SnapshotRef:
+    """Copy a snapshot's files into the object store (once: a snapshot is named by its rows, so
+    one already there is the same) and return the reference other hosts fetch it by."""
+    key = f"corpus/{snapshot.fingerprint[:16]}"
+    if not store.exists(f"{key}/{MANIFEST_FILE}"):
+        store.put_file(f"{key}/{TRAIN_FILE}", snapshot.train_path)
+        store.put_file(f"{key}/{HELD_OUT_FILE}", snapshot.held_out_path)
+        store.put_file(f"{key}/{MANIFEST_FILE}", snapshot.path / MANIFEST_FILE)  # last: marks it complete
+    return SnapshotRef(snapshot.fingerprint, key, snapshot.training_rows, snapshot.held_out_rows, snapshot.source)
+
+
+def fetch_snapshot(ref: SnapshotRef, store: Any, root: str | os.PathLike[str]) -> CorpusSnapshot:
+    """The snapshot under `root` (a host's data home), fetched from the object store when this
+    host does not have it yet; its rows are hashed again, so a damaged copy is refused."""
+    root = Path(root)
+    local = root / ref.folder_name
+    if (local / MANIFEST_FILE).exists():
+        return read_snapshot(local)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{ref.folder_name}.", dir=root))
+    try:
+        for name in (TRAIN_FILE, HELD_OUT_FILE, MANIFEST_FILE):
+            store.get_file(f"{ref.store_key}/{name}", staging / name)
+        train = pq.read_table(staging / TRAIN_FILE, columns=["text"]).column("text").to_pylist()
+        held_out = pq.read_table(staging / HELD_OUT_FILE, columns=["text"]).column("text").to_pylist()
+        if rows_fingerprint(train, held_out) != ref.fingerprint:
+            raise DataSourceError(
+                f"corpus snapshot {ref.store_key} in {getattr(store, 'url', 'the object store')} does not match its "
+                f"fingerprint {ref.fingerprint[:16]} (damaged or replaced): materialise the corpus asset again"
+            )
+        try:
+            os.rename(staging, local)
+        except OSError:
+            if not (local / MANIFEST_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return read_snapshot(local)

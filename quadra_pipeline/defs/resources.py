@@ -88,14 +88,31 @@ class RegistryResource(dg.ConfigurableResource):
         )
 
 
+class ObjectStoreResource(dg.ConfigurableResource):
+    """Files that steps on different hosts share (QUADRA_OBJECT_STORE: S3 or a folder): the
+    corpus snapshots, a sweep's trial checkpoints. Checked (bounded) before a step relies on it."""
+
+    url: str | None = None
+
+    def store(self):  # -> quadra_pipeline.objectstore.ObjectStore
+        from ..objectstore import open_object_store
+
+        return open_object_store(self.url or load_settings().object_store)
+
+
 def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """Development and test: everything from the settings defaults. Production: the two
     URLs that carry credentials come from the environment (required; read when a run starts,
-    never stored in run config); the data home keeps its settings default."""
+    never stored in run config); the data home keeps its settings default. Step outputs go
+    through the object store (`io_manager`), so a step on one host reads what another wrote."""
+    from .io_manager import ObjectStoreIOManager
+
+    shared = {"objects": ObjectStoreResource(), "io_manager": ObjectStoreIOManager()}
     if settings.env is Environment.production:
         return {
             "data_home": DataHome(),
             "store": StoreResource(database_url=dg.EnvVar("DATABASE_URL")),
             "registry": RegistryResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+            **shared,
         }
-    return {"data_home": DataHome(), "store": StoreResource(), "registry": RegistryResource()}
+    return {"data_home": DataHome(), "store": StoreResource(), "registry": RegistryResource(), **shared}

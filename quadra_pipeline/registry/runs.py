@@ -136,6 +136,17 @@ class RunsMixin(MlflowConnection):
             for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
                 self.client.log_batch(run_id, params=items[start : start + MAX_PARAMS_PER_BATCH])
 
+    def set_run_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set (or overwrite) tags of a run, e.g. a sweep's best trial on its parent run."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        if not items:
+            return
+        self._ensure_available()
+        with self._call(f"tag run {run_id}"):
+            self.client.log_batch(run_id, tags=items)
+
     def log_metrics(
         self,
         run_id: str,

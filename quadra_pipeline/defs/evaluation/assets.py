@@ -5,11 +5,10 @@ import json
 
 import dagster as dg
 
-from ...data.snapshot import read_snapshot
 from ...model import load_checkpoint
 from ...model.evaluation import evaluate
-from ..common import CORPUS, EVALUATION, MODEL, OWNER, upstream_metadata
-from ..resources import RegistryResource
+from ..common import CORPUS, EVALUATION, MODEL, OWNER, checkpoint_here, corpus_of, snapshot_here, upstream_metadata
+from ..resources import DataHome, ObjectStoreResource, RegistryResource
 
 
 @dg.asset(
@@ -21,10 +20,12 @@ from ..resources import RegistryResource
     description="Probe losses per action (spec) and the learned policy's loss on the held-out corpus rows; "
     "gate_score (the policy on the probe vectors) is what the champion gate compares.",
 )
-def model_evaluation(context: dg.AssetExecutionContext, registry: RegistryResource) -> dg.MaterializeResult:
+def model_evaluation(
+    context: dg.AssetExecutionContext, registry: RegistryResource, data_home: DataHome, objects: ObjectStoreResource
+) -> dg.MaterializeResult:
     trained = upstream_metadata(context, MODEL)
-    snapshot = read_snapshot(trained["corpus_path"])  # the corpus this model was trained on
-    model = load_checkpoint(trained["checkpoint_path"]).model
+    snapshot = snapshot_here(corpus_of(trained), data_home, objects)  # the corpus this model was trained on
+    model = load_checkpoint(checkpoint_here(trained, data_home, objects)).model
     result = evaluate(model, snapshot.held_out_texts())
     metrics = result.as_metrics()
     registry.registry().log_metrics(

@@ -18,14 +18,23 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from ...data.snapshot import read_snapshot
 from ...model import load_checkpoint
 from ...model.checkpoint import CheckpointError, non_finite_tensors
-from ...tracked_training import Predecessor, train_tracked
-from ...tracking import complete_mlflow_run
+from ...objectstore import ObjectStoreError
+from ...tracked_training import Predecessor, close_mlflow_run, train_tracked
 from ...training import CHECKPOINT_NAME, TrainingConfig
-from ..common import CORPUS, METRICS, MODEL, OWNER, SYSTEM_STATE, code_version, upstream_metadata
-from ..resources import DataHome, RegistryResource, StoreResource
+from ..common import (
+    CORPUS,
+    METRICS,
+    MODEL,
+    OWNER,
+    SYSTEM_STATE,
+    checkpoint_here,
+    code_version,
+    snapshot_here,
+    upstream_metadata,
+)
+from ..resources import DataHome, ObjectStoreResource, RegistryResource, StoreResource
 
 _FAILED_STATUSES = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
@@ -61,9 +70,15 @@ def _image_markdown(png: bytes) -> str:
     return f"![loss and reward per batch](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-def resume_point(context: dg.AssetExecutionContext, config: TrainingRunConfig, home: Path) -> tuple[str | None, str]:
+def shared_checkpoint_key(run_id: str) -> str:
+    """Where a training run's latest checkpoint is in the object store."""
+    return f"checkpoints/{run_id}/{CHECKPOINT_NAME}"
+
+
+def resume_point(context: dg.AssetExecutionContext, config: TrainingRunConfig, home: Path, shared=None) -> tuple[str | None, str]:
     """Where this run starts: `resume_from`, or, for a retry or re-execution of a failed run
-    (Dagster's `parent_run_id`), that run's last checkpoint if it has batches left to train."""
+    (Dagster's `parent_run_id`), that run's last checkpoint if it has batches left to train
+    (from the object store when the failed run ran on another host)."""
     if config.resume_from:
         return config.resume_from, f"resuming from {config.resume_from}"
     parent_id = context.run.parent_run_id
@@ -71,7 +86,11 @@ def resume_point(context: dg.AssetExecutionContext, config: TrainingRunConfig, h
         return None, ""
     parent = context.instance.get_run_by_id(parent_id)
     checkpoint = home / "checkpoints" / parent_id / CHECKPOINT_NAME
-    if parent is None or parent.status not in _FAILED_STATUSES or not checkpoint.is_file():
+    if parent is None or parent.status not in _FAILED_STATUSES:
+        return None, ""
+    if not checkpoint.is_file() and shared is not None and shared.exists(shared_checkpoint_key(parent_id)):
+        shared.get_file(shared_checkpoint_key(parent_id), checkpoint)
+    if not checkpoint.is_file():
         return None, ""
     try:
         done = int(load_checkpoint(checkpoint).progress.get("batches_done", 0))
@@ -99,7 +118,7 @@ def close_orphaned_runs(context: dg.AssetExecutionContext, engine, reg) -> None:
         run = context.instance.get_run_by_id(dagster_run_id) if dagster_run_id else None
         if run is None or not run.is_finished:
             continue  # alive, or not a run of this instance: not ours to judge
-        sent = _close_mlflow_run(context, reg, engine, training_run_id, mlflow_run_id) if mlflow_run_id else None
+        sent = close_mlflow_run(reg, engine, training_run_id, mlflow_run_id, context.log.warning) if mlflow_run_id else None
         with session_scope(engine) as session:
             finish_training_run(
                 session, training_run_id, status="failed",
@@ -115,26 +134,10 @@ def close_orphaned_runs(context: dg.AssetExecutionContext, engine, reg) -> None:
         failed = [(r.id, r.mlflow_run_id) for r in list_training_runs(session, status="failed", limit=RECHECK_FAILED)
                   if r.mlflow_run_id]
     for training_run_id, mlflow_run_id in failed:
-        sent = _close_mlflow_run(context, reg, engine, training_run_id, mlflow_run_id)
+        sent = close_mlflow_run(reg, engine, training_run_id, mlflow_run_id, context.log.warning)
         if sent is not None:
             context.log.info(f"closed MLflow run {mlflow_run_id} of failed training run {training_run_id} "
                              f"(MLflow was unreachable when it failed): {sent} batch(es) completed from the database")
-
-
-def _close_mlflow_run(context: dg.AssetExecutionContext, reg, engine, training_run_id: int, mlflow_run_id: str) -> int | None:
-    """An MLflow run still RUNNING whose training run ended: the batches the database has and
-    it lacks are sent, and it is marked FAILED. Returns how many were sent, or None when it was
-    closed already or cannot be closed (deleted, purged: logged, never raised, so that an old
-    run does not block training)."""
-    try:
-        if reg.run_status(mlflow_run_id) != "RUNNING":
-            return None
-        sent = complete_mlflow_run(reg, engine, training_run_id, mlflow_run_id)
-        reg.end_run(mlflow_run_id, "FAILED")
-        return sent
-    except Exception as exc:  # noqa: BLE001 - see the docstring
-        context.log.warning(f"could not close MLflow run {mlflow_run_id} of training run {training_run_id}: {exc}")
-        return None
 
 
 def _predecessor(engine, checkpoint: str | None) -> Predecessor | None:
@@ -199,10 +202,13 @@ def train_model(
     data_home: DataHome,
     store: StoreResource,
     registry: RegistryResource,
+    objects: ObjectStoreResource,
 ):
-    snapshot = read_snapshot(upstream_metadata(context, CORPUS)["path"])
+    corpus_meta = upstream_metadata(context, CORPUS)
+    snapshot = snapshot_here(corpus_meta, data_home, objects)
     check_corpus_is_large_enough(snapshot.training_rows, config)
-    resume_from, resume_reason = resume_point(context, config, data_home.path)
+    shared = objects.store()
+    resume_from, resume_reason = resume_point(context, config, data_home.path, shared)
     if resume_reason:
         context.log.info(resume_reason)
     training = TrainingConfig(
@@ -239,6 +245,9 @@ def train_model(
         log_every=config.log_every,
         flush_every=config.metrics_flush_every,
         save_state=True,
+        # Every checkpoint is shared too: a step on another host evaluates and registers it, and
+        # a retry on another host resumes from it.
+        on_checkpoint=lambda path, sha, done: shared.put_file(shared_checkpoint_key(run_id), path),
     )
     outcome, history, mlflow_run_id = tracked.outcome, tracked.history, tracked.mlflow_run_id
     training_run_id, inherited, mlflow_steps, png = tracked.training_run_id, tracked.carried_over, tracked.mlflow_steps, tracked.curve_png
@@ -266,6 +275,8 @@ def train_model(
             "final_reward_per_item": last.reward_per_item if last else float("nan"),
             "data_fingerprint": snapshot.fingerprint,
             "corpus_path": dg.MetadataValue.path(str(snapshot.path)),
+            "corpus_key": corpus_meta.get("store_key") or "",
+            "checkpoint_key": shared_checkpoint_key(run_id),
             "code_version": code_version(),
             "curve": dg.MetadataValue.md(_image_markdown(png)),
         },
@@ -308,11 +319,13 @@ def train_model(
     blocking=True,
     description="Every floating-point tensor of the checkpoint (weights, field, trainer state) is finite, read from the file.",
 )
-def weights_finite(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    path = upstream_metadata(context, MODEL)["checkpoint_path"]
+def weights_finite(
+    context: dg.AssetCheckExecutionContext, data_home: DataHome, objects: ObjectStoreResource
+) -> dg.AssetCheckResult:
     try:
+        path = str(checkpoint_here(upstream_metadata(context, MODEL), data_home, objects, as_written=True))
         bad = non_finite_tensors(path)
-    except CheckpointError as exc:
+    except (CheckpointError, ObjectStoreError) as exc:
         return dg.AssetCheckResult(passed=False, description=str(exc), metadata={"problem": str(exc)})
     return dg.AssetCheckResult(
         passed=not bad,
