@@ -1,8 +1,18 @@
 """One settings object for the whole project, read from the environment and `.env`.
 
 Development works with no configuration at all: everything lives under the data home
-(`QUADRA_HOME`, default `.quadra/` under the working directory). Production refuses to
-start without a real `QUADRA_SECRET_KEY`; the error names the variable, never its value.
+(`QUADRA_HOME`, default `.quadra/` under the working directory).
+
+Secrets: every secret setting can come from a file instead (`<VARIABLE>_FILE`, as Docker and
+Kubernetes mount secrets), declared once in `FILE_TWINS` and read by one validator. Errors name
+the variable (and the file), never the value.
+
+Least privilege in production: loading the settings requires no secret, so a process whose job
+needs none (the Dagster code server loading the definitions) holds none. Each secret is required,
+with one line naming the variable and its `_FILE` form, by the operation that uses it:
+`QUADRA_SECRET_KEY` by the backup service (`require_secret_key`), the signing keys by signing
+(`keys.py`, the registry and the backup repository). A secret that is set is still checked when
+the settings load (a short or example secret key, a key that is not a usable PEM).
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ import enum
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The value `.env.example` ships with; production refuses it.
@@ -39,8 +49,24 @@ class RunExecutor(str, enum.Enum):
     celery = "celery"
 
 
-#: Settings that name a key file (blank means unset).
-_KEY_FILES = ("model_signing_key_file", "model_verify_key_file", "backup_signing_key_file", "backup_verify_key_file")
+#: Settings that may be read from a file instead: value field -> its twin, the field of
+#: `<VARIABLE>_FILE` (a path). Both set is an error; the file's content (trailing newlines
+#: stripped) becomes the value. The one list of secrets with a file form.
+FILE_TWINS: dict[str, str] = {
+    "database_url_override": "database_url_file",
+    "secret_key": "secret_key_file",
+    "mlflow_backend_uri": "mlflow_backend_uri_file",
+    "mlflow_tracking_password": "mlflow_tracking_password_file",
+    "celery_broker_url": "celery_broker_url_file",
+    "celery_backend_url": "celery_backend_url_file",
+    "model_signing_key": "model_signing_key_file",
+    "model_verify_key": "model_verify_key_file",
+    "backup_signing_key": "backup_signing_key_file",
+    "backup_verify_key": "backup_verify_key_file",
+}
+#: Settings that name a file or folder (blank means unset).
+_PATHS = (*FILE_TWINS.values(), "model_verify_keys_file", "backup_verify_keys_file")
+MAX_SECRET_FILE_BYTES = 1 << 20
 
 
 class Settings(BaseSettings):
@@ -58,23 +84,34 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".quadra"), alias="QUADRA_HOME")
     # URLs may carry passwords: kept out of repr() (and so out of logs).
     database_url_override: str | None = Field(None, alias="DATABASE_URL", repr=False)
+    database_url_file: Path | None = Field(None, alias="DATABASE_URL_FILE")
     mlflow_tracking_uri_override: str | None = Field(None, alias="MLFLOW_TRACKING_URI", repr=False)
+    # An MLflow server with authentication (basic-auth): MLflow's client reads these two only from
+    # the environment; the registry sets them around each of its calls (registry/connection.py).
+    mlflow_tracking_username: str | None = Field(None, alias="MLFLOW_TRACKING_USERNAME")
+    mlflow_tracking_password: SecretStr | None = Field(None, alias="MLFLOW_TRACKING_PASSWORD")
+    mlflow_tracking_password_file: Path | None = Field(None, alias="MLFLOW_TRACKING_PASSWORD_FILE")
     mlflow_ui_url_override: str | None = Field(None, alias="QUADRA_MLFLOW_UI_URL")
     secret_key: SecretStr | None = Field(None, alias="QUADRA_SECRET_KEY")
+    secret_key_file: Path | None = Field(None, alias="QUADRA_SECRET_KEY_FILE")
     backup_dir_override: Path | None = Field(None, alias="QUADRA_BACKUP_DIR")
-    # Model-version signing (keys.py): the private key signs, the public key verifies.
+    # Model-version signing (keys.py): the private key signs, the public key verifies; the keyring
+    # (retired public keys) verifies versions signed before a rotation.
     model_signing_key: SecretStr | None = Field(None, alias="QUADRA_MODEL_SIGNING_KEY")
     model_signing_key_file: Path | None = Field(None, alias="QUADRA_MODEL_SIGNING_KEY_FILE")
     model_verify_key: str | None = Field(None, alias="QUADRA_MODEL_VERIFY_KEY")
     model_verify_key_file: Path | None = Field(None, alias="QUADRA_MODEL_VERIFY_KEY_FILE")
+    model_verify_keys_file: Path | None = Field(None, alias="QUADRA_MODEL_VERIFY_KEYS_FILE")
     # Backup-manifest signing (Ed25519): the private key signs, the public key alone verifies.
     backup_signing_key: SecretStr | None = Field(None, alias="QUADRA_BACKUP_SIGNING_KEY")
     backup_signing_key_file: Path | None = Field(None, alias="QUADRA_BACKUP_SIGNING_KEY_FILE")
     backup_verify_key: str | None = Field(None, alias="QUADRA_BACKUP_VERIFY_KEY")
     backup_verify_key_file: Path | None = Field(None, alias="QUADRA_BACKUP_VERIFY_KEY_FILE")
+    backup_verify_keys_file: Path | None = Field(None, alias="QUADRA_BACKUP_VERIFY_KEYS_FILE")
     # The MLflow server's own database, when MLFLOW_TRACKING_URI is that server (http) and this
     # process can reach its database: backups then include it.
     mlflow_backend_uri: str | None = Field(None, alias="QUADRA_MLFLOW_BACKEND_URI", repr=False)
+    mlflow_backend_uri_file: Path | None = Field(None, alias="QUADRA_MLFLOW_BACKEND_URI_FILE")
     backup_dump_timeout: float = Field(3600.0, alias="QUADRA_BACKUP_DUMP_TIMEOUT", gt=0, le=7 * 24 * 3600)
     # Deep verification re-reads 1/N of the stored chunks each run, all of them within N runs.
     backup_verify_runs: int = Field(24, alias="QUADRA_BACKUP_VERIFY_RUNS", ge=1, le=100_000)
@@ -82,7 +119,9 @@ class Settings(BaseSettings):
     run_executor: RunExecutor = Field(RunExecutor.in_process, alias="QUADRA_RUN_EXECUTOR")
     # QUADRA_RUN_EXECUTOR=celery: the broker and result backend (URLs may carry passwords).
     celery_broker_url: str | None = Field(None, alias="QUADRA_CELERY_BROKER_URL", repr=False)
+    celery_broker_url_file: Path | None = Field(None, alias="QUADRA_CELERY_BROKER_URL_FILE")
     celery_backend_url: str | None = Field(None, alias="QUADRA_CELERY_BACKEND_URL", repr=False)
+    celery_backend_url_file: Path | None = Field(None, alias="QUADRA_CELERY_BACKEND_URL_FILE")
     # Where steps on different hosts share files (sweep checkpoints, corpus snapshots):
     # s3://bucket[/prefix] (credentials and endpoint the AWS way: AWS_SHARED_CREDENTIALS_FILE,
     # AWS_ENDPOINT_URL_S3), or a folder; default: $QUADRA_HOME/objects.
@@ -97,7 +136,7 @@ class Settings(BaseSettings):
     seed: int = Field(0, alias="QUADRA_SEED", ge=0, le=2**63 - 1)
     learning_rate: float = Field(0.001, alias="QUADRA_LEARNING_RATE", gt=0, le=1)
 
-    @field_validator("home", "backup_dir_override", *_KEY_FILES, mode="before")
+    @field_validator("home", "backup_dir_override", *_PATHS, mode="before")
     @classmethod
     def _blank_path_is_default(cls, value: object, info: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -109,52 +148,85 @@ class Settings(BaseSettings):
     def _env_any_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("home", "backup_dir_override", *_KEY_FILES, mode="after")
+    @field_validator("home", "backup_dir_override", mode="after")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
 
+    @field_validator(*_PATHS, mode="after")
+    @classmethod
+    def _absolute_as_given(cls, value: Path | None) -> Path | None:
+        # Not resolved: messages name the path as configured (a secret mount's symlinks stay).
+        return None if value is None else value.expanduser().absolute()
+
     @field_validator("database_url_override", "mlflow_tracking_uri_override", "mlflow_ui_url_override",
-                     "celery_broker_url", "celery_backend_url", "object_store_override", mode="before")
+                     "celery_broker_url", "celery_backend_url", "object_store_override", "mlflow_tracking_username",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
     @field_validator("secret_key", "model_signing_key", "model_verify_key", "backup_signing_key", "backup_verify_key",
-                     "mlflow_backend_uri", mode="before")
+                     "mlflow_backend_uri", "mlflow_tracking_password", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return value or None
 
     @model_validator(mode="after")
-    def _production_needs_a_real_secret(self) -> "Settings":
-        if self.env is not Environment.production:
-            return self
-        problem = secret_key_problem(self.secret_key)
-        if problem:
-            raise ValueError(f"QUADRA_SECRET_KEY {problem} (required when QUADRA_ENV=production)")
-        from .keys import KeyProblem, backup_signing_keys, model_signing_keys
-
-        # One key at a time: present, then readable, the right kind, and its public key its own.
-        if self.model_signing_key is None and self.model_signing_key_file is None:
-            raise ValueError(
-                "QUADRA_MODEL_SIGNING_KEY (or QUADRA_MODEL_SIGNING_KEY_FILE) is not set (required when "
-                "QUADRA_ENV=production: every registered model version is signed; quadra model keygen makes a pair)"
-            )
-        try:
-            model_signing_keys(self)
-        except KeyProblem as exc:
-            raise ValueError(str(exc)) from None
-        if self.backup_signing_key is None and self.backup_signing_key_file is None:
-            raise ValueError(
-                "QUADRA_BACKUP_SIGNING_KEY (or QUADRA_BACKUP_SIGNING_KEY_FILE) is not set (required when "
-                "QUADRA_ENV=production: every backup manifest is signed; quadra backup keygen makes a pair)"
-            )
-        try:
-            backup_signing_keys(self)
-        except KeyProblem as exc:
-            raise ValueError(str(exc)) from None
+    def _read_files_then_check(self) -> "Settings":
+        self._read_secret_files()
+        if self.mlflow_tracking_password is not None and not self.mlflow_tracking_username:
+            raise ValueError("MLFLOW_TRACKING_PASSWORD is set but MLFLOW_TRACKING_USERNAME is not (MLflow's basic "
+                             "authentication needs both)")
+        if self.env is Environment.production:
+            self._check_what_is_set()
         return self
+
+    def _read_secret_files(self) -> None:
+        """Each `<VARIABLE>_FILE` that is set becomes its variable's value (FILE_TWINS)."""
+        for name, twin in FILE_TWINS.items():
+            path: Path | None = getattr(self, twin)
+            variable = type(self).model_fields[name].alias
+            if path is None:
+                continue
+            if getattr(self, name) is not None:
+                raise ValueError(f"{variable} and {variable}_FILE are both set; set one")
+            text = read_secret_file(path, f"{variable}_FILE")
+            # As the field's own type (SecretStr stays SecretStr: kept out of repr()).
+            object.__setattr__(self, name, TypeAdapter(type(self).model_fields[name].annotation).validate_python(text))
+
+    def _check_what_is_set(self) -> None:
+        """Production: every secret that is set is checked now, so a bad one stops the process at
+        start and not at its first backup. What is not set is required later, by its user."""
+        if self.secret_key is not None:
+            problem = secret_key_problem(self.secret_key)
+            if problem:
+                raise ValueError(f"QUADRA_SECRET_KEY {problem} (required when QUADRA_ENV=production)")
+        from .keys import KeyProblem, backup_keyring, model_keyring
+
+        try:
+            model_keyring(self)  # the signing pair (one key at a time: readable, the right kind,
+            backup_keyring(self)  # its public key its own) and the keyring files
+        except KeyProblem as exc:
+            raise ValueError(str(exc)) from None
+
+    def require_secret_key(self, purpose: str) -> str | None:
+        """The secret key for `purpose` ("to create a backup"): required in production (one line
+        naming QUADRA_SECRET_KEY and its _FILE form), optional elsewhere (None when unset)."""
+        if self.secret_key is None:
+            if self.env is Environment.production:
+                raise SettingsError(
+                    f"QUADRA_SECRET_KEY (or QUADRA_SECRET_KEY_FILE) is not set (required when QUADRA_ENV=production {purpose})"
+                )
+            return None
+        return self.secret_key.get_secret_value()
+
+    @property
+    def mlflow_credentials(self) -> tuple[str, str] | None:
+        """(username, password) for an MLflow server with basic authentication, or None."""
+        if self.mlflow_tracking_password is None or not self.mlflow_tracking_username:
+            return None
+        return self.mlflow_tracking_username, self.mlflow_tracking_password.get_secret_value()
 
     # Derived locations -------------------------------------------------------------------
 
@@ -212,6 +284,25 @@ def secret_key_problem(secret: SecretStr | None) -> str | None:
     if len(value.encode("utf-8")) < MIN_SECRET_KEY_BYTES:
         return f"is shorter than {MIN_SECRET_KEY_BYTES} bytes"
     return None
+
+
+def read_secret_file(path: Path, variable: str) -> str:
+    """A secret's file: its text without the trailing newlines. One line naming the variable and
+    the file (never the content) when it is missing, unreadable, too large, empty or blank."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{variable}={path}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise ValueError(f"{variable}={path} is larger than {MAX_SECRET_FILE_BYTES} bytes: not a secret")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{variable}={path} is not UTF-8 text") from None
+    if not text.strip():
+        raise ValueError(f"{variable}={path} is empty")
+    return text.rstrip("\r\n")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -28,10 +28,10 @@ ALIASES = sorted(field.alias for field in Settings.model_fields.values() if fiel
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No QUADRA_* / DATABASE_URL / MLFLOW_TRACKING_URI variables and no stray `.env`."""
+    """No QUADRA_* / DATABASE_URL[_FILE] / MLFLOW_TRACKING_* variables and no stray `.env`."""
     for name in list(os.environ):
         upper = name.upper()
-        if upper.startswith("QUADRA_") or upper in {"DATABASE_URL", "MLFLOW_TRACKING_URI"}:
+        if upper.startswith(("QUADRA_", "MLFLOW_TRACKING_", "DATABASE_URL")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -151,23 +151,42 @@ def test_invalid_values_name_their_variable(variable: str, value: str) -> None:
 @pytest.mark.parametrize(
     ("secret", "reason"),
     [
-        (None, "is not set"),
-        ("", "is not set"),
         ("too-short-secret-value", f"shorter than {MIN_SECRET_KEY_BYTES} bytes"),
         ("x" * (MIN_SECRET_KEY_BYTES - 1), f"shorter than {MIN_SECRET_KEY_BYTES} bytes"),
         (EXAMPLE_SECRET_KEY, "example value"),
     ],
 )
-def test_production_refuses_a_bad_secret_key(secret: str | None, reason: str) -> None:
-    env = {"QUADRA_ENV": "production"}
-    if secret is not None:
-        env["QUADRA_SECRET_KEY"] = secret
-    message = _error(**env)
+def test_production_refuses_a_bad_secret_key(secret: str, reason: str) -> None:
+    """A secret key that is set is checked when the settings load, whoever loads them."""
+    message = _error(QUADRA_ENV="production", QUADRA_SECRET_KEY=secret)
     assert "QUADRA_SECRET_KEY" in message
     assert reason in message
     assert "\n" not in message
-    if secret:
-        assert secret not in message
+    assert secret not in message
+
+
+def test_production_loads_without_any_secret() -> None:
+    """Least privilege: a process whose job needs no secret (the Dagster code server loading the
+    definitions) holds none; each secret is required by the operation that uses it."""
+    settings = load_settings(QUADRA_ENV="production")
+    assert settings.secret_key is None and settings.model_signing_key is None and settings.backup_signing_key is None
+    from quadra_pipeline.keys import backup_keyring, backup_signing_keys, model_keyring, model_signing_keys
+
+    assert model_signing_keys(settings) is None  # no pair of the data home's own in production
+    assert backup_signing_keys(settings) is None
+    assert len(model_keyring(settings)) == 0 and len(backup_keyring(settings)) == 0
+    assert not (settings.home / "keys").exists()
+
+
+def test_the_secret_key_is_required_by_what_uses_it_in_production() -> None:
+    settings = load_settings(QUADRA_ENV="production")
+    with pytest.raises(SettingsError) as caught:
+        settings.require_secret_key("to create a backup")
+    assert str(caught.value) == (
+        "QUADRA_SECRET_KEY (or QUADRA_SECRET_KEY_FILE) is not set (required when QUADRA_ENV=production to create a backup)"
+    )
+    assert load_settings().require_secret_key("to create a backup") is None  # development: optional
+    assert load_settings(QUADRA_ENV="production", QUADRA_SECRET_KEY=GOOD_KEY).require_secret_key("x") == GOOD_KEY
 
 
 def test_production_refuses_the_example_key_from_a_dotenv(clean_env: Path) -> None:
@@ -207,17 +226,10 @@ def test_the_secret_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
         assert private_pem.splitlines()[1] not in text  # the private signing key neither
 
 
-def test_production_requires_a_model_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QUADRA_ENV", "production")
-    monkeypatch.setenv("QUADRA_SECRET_KEY", GOOD_KEY)
-    message = _error()
-    assert "QUADRA_MODEL_SIGNING_KEY (or QUADRA_MODEL_SIGNING_KEY_FILE) is not set" in message and "\n" not in message
-
-
 @pytest.mark.parametrize(
     ("setting", "value", "reason"),
     [
-        ("QUADRA_MODEL_SIGNING_KEY_FILE", "/nonexistent/key.pem", "QUADRA_MODEL_SIGNING_KEY_FILE=/nonexistent/key.pem: cannot read the key"),
+        ("QUADRA_MODEL_SIGNING_KEY_FILE", "/nonexistent/key.pem", "QUADRA_MODEL_SIGNING_KEY_FILE=/nonexistent/key.pem: cannot read the file (No such file or directory)"),
         ("QUADRA_MODEL_SIGNING_KEY", "not a key", "QUADRA_MODEL_SIGNING_KEY is not a PEM key"),
         ("QUADRA_MODEL_SIGNING_KEY", "ed25519", "QUADRA_MODEL_SIGNING_KEY is not an ECDSA P-256 key"),
     ],
@@ -232,19 +244,13 @@ def test_production_refuses_an_unusable_signing_key(monkeypatch: pytest.MonkeyPa
     assert reason in message and "\n" not in message and "PRIVATE KEY" not in message
 
 
-def test_production_requires_a_backup_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_production(monkeypatch, GOOD_KEY)
-    monkeypatch.delenv("QUADRA_BACKUP_SIGNING_KEY")
-    message = _error()
-    assert "QUADRA_BACKUP_SIGNING_KEY (or QUADRA_BACKUP_SIGNING_KEY_FILE) is not set" in message and "\n" not in message
-
-
 @pytest.mark.parametrize(
     ("setting", "value", "reason"),
     [
         ("QUADRA_BACKUP_SIGNING_KEY", "ec-p256", "QUADRA_BACKUP_SIGNING_KEY is not an Ed25519 key"),
         ("QUADRA_BACKUP_VERIFY_KEY", "ed25519-public", "QUADRA_BACKUP_VERIFY_KEY is not the public key of QUADRA_BACKUP_SIGNING_KEY"),
-        ("QUADRA_BACKUP_VERIFY_KEY_FILE", "/nonexistent/backup.pub", "QUADRA_BACKUP_VERIFY_KEY_FILE=/nonexistent/backup.pub: cannot read the key"),
+        ("QUADRA_BACKUP_VERIFY_KEY_FILE", "/nonexistent/backup.pub", "QUADRA_BACKUP_VERIFY_KEY_FILE=/nonexistent/backup.pub: cannot read the file (No such file or directory)"),
+        ("QUADRA_BACKUP_VERIFY_KEYS_FILE", "/nonexistent/keyring", "QUADRA_BACKUP_VERIFY_KEYS_FILE=/nonexistent/keyring: cannot read the keyring (No such file or directory)"),
     ],
 )
 def test_production_refuses_an_unusable_backup_key(monkeypatch: pytest.MonkeyPatch, setting: str, value: str, reason: str) -> None:
@@ -258,12 +264,121 @@ def test_production_refuses_an_unusable_backup_key(monkeypatch: pytest.MonkeyPat
     assert reason in message and "\n" not in message and "PRIVATE KEY" not in message
 
 
+def test_production_checks_a_keyring_when_the_settings_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from quadra_pipeline.keys import generate
+
+    keyring = tmp_path / "model-keyring.pem"
+    keyring.write_bytes(generate("ec-p256").private_pem)
+    message = _error(QUADRA_ENV="production", QUADRA_MODEL_VERIFY_KEYS_FILE=str(keyring))
+    assert f"QUADRA_MODEL_VERIFY_KEYS_FILE={keyring}" in message and "private key" in message and "\n" not in message
+    assert load_settings(QUADRA_MODEL_VERIFY_KEYS_FILE=str(keyring)).env is Environment.development  # checked at use there
+
+
 def test_a_verify_key_that_is_not_the_signing_keys_own_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from quadra_pipeline.keys import generate
 
     set_production(monkeypatch, GOOD_KEY)
     monkeypatch.setenv("QUADRA_MODEL_VERIFY_KEY", generate("ec-p256").public_pem.decode())
     assert "QUADRA_MODEL_VERIFY_KEY is not the public key of QUADRA_MODEL_SIGNING_KEY" in _error()
+
+
+# Secrets as files -------------------------------------------------------------------------------
+
+#: Every secret setting, and a value it can hold (read back through the field).
+SECRET_VALUES = {
+    "DATABASE_URL": ("database_url_override", "postgresql://quadra:hunter2@db:5432/quadra"),
+    "QUADRA_SECRET_KEY": ("secret_key", GOOD_KEY),
+    "QUADRA_MLFLOW_BACKEND_URI": ("mlflow_backend_uri", "postgresql://mlflow:swordfish@db:5432/mlflow"),
+    "MLFLOW_TRACKING_PASSWORD": ("mlflow_tracking_password", "correct horse battery staple"),
+    "QUADRA_CELERY_BROKER_URL": ("celery_broker_url", "redis://:tr0ub4dor@redis:6379/0"),
+    "QUADRA_CELERY_BACKEND_URL": ("celery_backend_url", "redis://:tr0ub4dor@redis:6379/1"),
+}
+
+
+def _plain(value: object) -> object:
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else value
+
+
+def test_every_secret_has_a_file_twin_declared_in_one_place() -> None:
+    from quadra_pipeline.settings import FILE_TWINS
+
+    fields = Settings.model_fields
+    for variable, (field, _) in SECRET_VALUES.items():
+        assert field in FILE_TWINS, f"{variable} has no _FILE twin"
+    for field, twin in FILE_TWINS.items():
+        assert fields[twin].alias == fields[field].alias + "_FILE"
+    assert {fields[f].alias for f in FILE_TWINS} >= {
+        "QUADRA_MODEL_SIGNING_KEY", "QUADRA_MODEL_VERIFY_KEY", "QUADRA_BACKUP_SIGNING_KEY", "QUADRA_BACKUP_VERIFY_KEY"}
+
+
+@pytest.mark.parametrize("variable", sorted(SECRET_VALUES))
+def test_a_secret_read_from_its_file(variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    field, value = SECRET_VALUES[variable]
+    secret = tmp_path / "secret"
+    secret.write_text(value + "\n")  # as `echo` and editors leave it: the newline is not part of it
+    monkeypatch.setenv(f"{variable}_FILE", str(secret))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "quadra")
+    settings = load_settings()
+    assert _plain(getattr(settings, field)) == value
+    for text in (repr(settings), str(settings)):
+        assert value not in text
+
+
+def test_only_the_trailing_newlines_are_stripped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"  spaced key with a tab\t inside" + b"x" * 40 + b"\r\n\n")
+    monkeypatch.setenv("QUADRA_SECRET_KEY_FILE", str(secret))
+    assert load_settings().secret_key.get_secret_value() == "  spaced key with a tab\t inside" + "x" * 40
+
+
+@pytest.mark.parametrize("variable", sorted(SECRET_VALUES) + ["QUADRA_MODEL_SIGNING_KEY", "QUADRA_BACKUP_VERIFY_KEY"])
+def test_a_secret_set_both_as_a_value_and_as_a_file_is_refused(variable: str, tmp_path: Path) -> None:
+    value = SECRET_VALUES.get(variable, (None, "-----BEGIN PRIVATE KEY-----"))[1]
+    (tmp_path / "secret").write_text(value)
+    message = _error(**{variable: value, f"{variable}_FILE": str(tmp_path / "secret"), "MLFLOW_TRACKING_USERNAME": "quadra"})
+    assert message == f"invalid settings: {variable} and {variable}_FILE are both set; set one"
+    assert value not in message
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(None, ": cannot read the file (No such file or directory)"), ("", " is empty"), (" \n\t\n", " is empty"),
+     ("dir", ": cannot read the file (Is a directory)")],
+)
+def test_a_secret_file_that_is_missing_or_empty_names_the_variable_and_the_file(
+    content: str | None, reason: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "secrets" / "quadra-secret-key"
+    if content == "dir":
+        path.mkdir(parents=True)
+    elif content is not None:
+        path.parent.mkdir()
+        path.write_text(content)
+    for env in ("development", "production"):
+        message = _error(QUADRA_ENV=env, QUADRA_SECRET_KEY_FILE=str(path))
+        assert message == f"invalid settings: QUADRA_SECRET_KEY_FILE={path}{reason}"
+
+
+def test_a_secret_file_is_read_at_load_and_checked_like_the_value(tmp_path: Path) -> None:
+    (tmp_path / "short").write_text("too-short\n")
+    message = _error(QUADRA_ENV="production", QUADRA_SECRET_KEY_FILE=str(tmp_path / "short"))
+    assert "QUADRA_SECRET_KEY is shorter than 32 bytes" in message and "too-short" not in message
+
+
+def test_an_unreadable_secret_file(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file" / "secret"  # a path through a file: ENOTDIR, for root too
+    (tmp_path / "a-file").write_text("")
+    assert _error(DATABASE_URL_FILE=str(blocked)) == (
+        f"invalid settings: DATABASE_URL_FILE={blocked}: cannot read the file (Not a directory)")
+
+
+def test_the_mlflow_password_needs_its_username(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("swordfish\n")
+    message = _error(MLFLOW_TRACKING_PASSWORD_FILE=str(tmp_path / "pw"))
+    assert "MLFLOW_TRACKING_USERNAME" in message and "swordfish" not in message
+    settings = load_settings(MLFLOW_TRACKING_PASSWORD_FILE=str(tmp_path / "pw"), MLFLOW_TRACKING_USERNAME="quadra")
+    assert settings.mlflow_credentials == ("quadra", "swordfish")
+    assert load_settings().mlflow_credentials is None
 
 
 # .env.example ---------------------------------------------------------------------------------

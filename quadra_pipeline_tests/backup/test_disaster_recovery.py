@@ -211,6 +211,11 @@ def test_5_configuration_corruption(live, tmp_path, monkeypatch):
     broken = quadra(live, "db", "current", check=None, cwd=tmp_path)
     assert broken.returncode != 0
     assert "QUADRA_FIELD_SIZE" in broken.stderr and len(broken.stderr.strip().splitlines()) == 1
+    env_file.write_text(f"QUADRA_ENV=production\nQUADRA_SECRET_KEY_FILE={tmp_path / 'lost-secret'}\n")  # a secret file gone
+    broken = quadra(live, "db", "current", check=None, cwd=tmp_path)
+    assert broken.returncode != 0 and len(broken.stderr.strip().splitlines()) == 1
+    assert f"QUADRA_SECRET_KEY_FILE={tmp_path / 'lost-secret'}: cannot read the file" in broken.stderr
+    env_file.write_text("QUADRA_FIELD_SIZE=one hundred\nQUADRA_ENV=production\n")
     started = time.monotonic()
     shutil.copy(env_file, tmp_path / ".env.broken")
     shutil.copy(Path(__file__).resolve().parents[2] / ".env.example", env_file)

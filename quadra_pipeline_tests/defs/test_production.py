@@ -36,12 +36,18 @@ def test_production_resources_read_the_urls_from_the_environment_at_run_time(qua
         dg.materialize([urls], resources={k: resources[k] for k in ("store", "registry")})
 
 
-def test_production_code_location_refuses_to_load_without_a_secret(quadra_env, monkeypatch):
+def test_production_code_location_loads_without_any_secret_and_refuses_a_bad_one(quadra_env, monkeypatch, tmp_path):
+    """Least privilege: the code server loads the definitions holding no signing key and no
+    secret key (the runs that sign or back up need them); a secret that is set is still checked."""
     from quadra_pipeline.definitions import defs
     from quadra_pipeline.settings import SettingsError
 
     monkeypatch.setenv("QUADRA_ENV", "production")
-    with pytest.raises(SettingsError, match="QUADRA_SECRET_KEY is not set"):
+    for name in ("QUADRA_SECRET_KEY", "QUADRA_MODEL_SIGNING_KEY", "QUADRA_BACKUP_SIGNING_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert defs().resolve_job_def("training_job") is not None
+    monkeypatch.setenv("QUADRA_SECRET_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SettingsError, match=f"QUADRA_SECRET_KEY_FILE={tmp_path / 'missing'}: cannot read the file"):
         defs()
 
 
