@@ -172,7 +172,7 @@ def _compare(result: DrillResult, where: str, actual: dict, counts: dict) -> Non
 
 
 def _check_champion(service: BackupService, manifest: Any, registry: Any, workdir: Path, result: DrillResult) -> None:
-    from ..keys import KeyProblem, model_signing_keys
+    from ..keys import KeyProblem, model_keyring
     from ..registry.signing import SignatureError
     from ..registry.versions import VersionInfo, verify_model_directory
 
@@ -213,7 +213,7 @@ def _check_champion(service: BackupService, manifest: Any, registry: Any, workdi
         return
     try:
         info = VersionInfo(version, [], tags, dt.datetime.now(dt.timezone.utc), None, model_name=MODEL_NAME)
-        verify_model_directory(model_dir, info, model_signing_keys(service.settings), f"restored {label}")
+        verify_model_directory(model_dir, info, model_keyring(service.settings), f"restored {label}")
     except (SignatureError, KeyProblem) as exc:
         result.fail(str(exc))
         return

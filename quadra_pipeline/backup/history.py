@@ -125,6 +125,23 @@ class History:
         except (KeyError, TypeError, ValueError, BackupError) as exc:
             return None, f"head.json is malformed ({exc})"
 
+    def documents(self) -> list[tuple[str, object]]:
+        """(name, parsed JSON or None when unreadable) of `head.json` and every record, unchecked
+        (for listings of who signed what; `check` is what verifies them)."""
+        found: list[tuple[str, object]] = []
+        try:
+            names = sorted(n for n in os.listdir(self.records_dir) if n.endswith(".json"))
+        except FileNotFoundError:
+            names = []
+        for rel, path in [("head.json", self.head_path)] + [(f"history/{n}", self.records_dir / n) for n in names]:
+            try:
+                found.append((rel, json.loads(path.read_bytes())))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                found.append((rel, None))
+        return found
+
     def records(self) -> Records:
         result = Records()
         try:

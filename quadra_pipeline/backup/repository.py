@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Union
 
-from ..keys import KeyPair
+from ..keys import Keyring, KeyPair
 from . import _fs, format2, format3
 from .chunks import ChunkStore
 from .creation import CreateResult, SourceFile, SourceStream, create_backup
@@ -47,9 +47,11 @@ from .errors import (
 from .history import History
 from .locking import repository_lock
 from .names import check_backup_id, object_relpath
-from .signatures import SignaturePolicy
+from .signatures import SignaturePolicy, signer
 from .verification import Read, VerifyReport, verify_chunks, verify_objects
 
+#: `signers()`'s names for what no Ed25519 key id signed.
+UNSIGNED, FORMAT2_HMAC, UNREADABLE = "unsigned", "format 2 (HMAC with QUADRA_SECRET_KEY)", "unreadable"
 MAX_MANIFEST_BYTES = format2.MAX_METADATA_BYTES  # also the limit for a file-list object
 AnyManifest = Union[format2.Manifest, format3.Manifest]
 
@@ -60,17 +62,19 @@ class BackupRepository:
         root: Path,
         *,
         keys: KeyPair | None = None,
+        keyring: Keyring | None = None,
         hmac_key: str | bytes | None = None,
         require_signature: bool = False,
     ) -> None:
+        """`keys` signs new backups (its public key verifies); `keyring` adds the public keys of
+        retired signing keys, so what they signed still verifies. `require_signature`
+        (production): nothing unsigned or unchecked is accepted, and writing needs the signing
+        key (refused when a backup is created or pruned, not here: a host that only verifies
+        or restores holds no private key)."""
         self.root = Path(root)
         key = hmac_key.encode("utf-8") if isinstance(hmac_key, str) else hmac_key
-        self.policy = SignaturePolicy(keys=keys, hmac_key=bytes(key) if key else None, required=require_signature)
-        if require_signature and not self.policy.can_sign:
-            raise BackupError(
-                f"{self.root}: signed backups are required but no backup signing key is configured "
-                "(QUADRA_BACKUP_SIGNING_KEY; quadra backup keygen makes a pair)"
-            )
+        self.policy = SignaturePolicy(keys=keys, hmac_key=bytes(key) if key else None, required=require_signature,
+                                      keyring=keyring)
         self.chunks = ChunkStore(self.root)
         self.history = History(self.root, self.policy)
 
@@ -255,6 +259,28 @@ class BackupRepository:
                 continue
             if header.backup_id == backup_id:
                 found[backup_id] = (header, hashlib.sha256(data).hexdigest())
+        return found
+
+    def signers(self) -> dict[str, list[str]]:
+        """Who each backup and history document claims as its signer: key id -> backup ids (and
+        `head.json`, `history/<record>`); `UNSIGNED`, `FORMAT2_HMAC` and `UNREADABLE` for the
+        rest. Claims, not checks (`verify` checks): for `quadra backup keys`."""
+        found: dict[str, list[str]] = {}
+        for backup_id in self.backup_ids():
+            try:
+                document = json.loads(self._read_manifest_bytes(backup_id))
+            except (BackupError, OSError, ValueError):
+                document = None
+            if not isinstance(document, dict):
+                key = UNREADABLE
+            elif document.get("format_version") == format2.FORMAT_VERSION:
+                key = FORMAT2_HMAC if document.get("signature") else UNSIGNED
+            else:
+                key = signer(document) or UNSIGNED
+            found.setdefault(key, []).append(backup_id)
+        for name, document in self.history.documents():
+            key = UNREADABLE if not isinstance(document, dict) else signer(document) or UNSIGNED
+            found.setdefault(key, []).append(name)
         return found
 
     def history_problems(self) -> list[str]:

@@ -84,17 +84,33 @@ def table_counts(db_file: Path) -> dict[str, int]:
 
 class BackupService:
     def __init__(self, settings: Settings, *, catalogue_engine: Any | None = None, log_fn: Callable[[str], None] | None = None) -> None:
-        from ..keys import backup_signing_keys
+        """Reading, verifying and restoring need no private key (the keyring's public keys
+        verify); creating and pruning need the backup signing key and, in production, the
+        secret key: each refuses, naming the variable, when it is missing."""
+        from ..keys import backup_keyring, backup_signing_keys
 
         self.settings = settings
         self.repository = BackupRepository(
             settings.backup_dir,
             keys=backup_signing_keys(settings),
+            keyring=backup_keyring(settings),
             hmac_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
             require_signature=settings.env is Environment.production,
         )
         self._engine = catalogue_engine
         self.log = log_fn or log.info
+
+    # Keys ---------------------------------------------------------------------------------
+
+    def keys(self) -> Any:
+        """The backup keyring (a `KeyringReport`): each key with the backups and history
+        documents it signed, then the key ids that signed something but are not in the keyring,
+        then the unsigned (`quadra backup keys`). What the documents claim, not verified:
+        `verify` does that."""
+        from ..keys import keyring_report
+
+        policy = self.repository.policy
+        return keyring_report(policy.verifiers, policy.keys, self.repository.signers())
 
     # Catalogue (best effort) -------------------------------------------------------------
 
@@ -121,6 +137,8 @@ class BackupService:
     def create(self, partition_key: str | None = None) -> CreateResult:
         settings = self.settings
         self.repository.policy.check_can_write()  # a verify-only host refuses before it snapshots
+        # Seeds the PostgreSQL dumps' restrict key: unguessable in production, stable between runs.
+        secret = settings.require_secret_key("to create a backup")
         with self.repository.lock():
             with take_snapshot(
                 database_url=settings.database_url,
@@ -129,7 +147,7 @@ class BackupService:
                 mlflow_artifact_root=settings.mlflow_artifact_root,
                 checkpoint_dir=settings.checkpoint_dir,
                 workdir=settings.backup_dir,
-                secret=settings.secret_key.get_secret_value() if settings.secret_key else None,
+                secret=secret,
                 dump_timeout=settings.backup_dump_timeout,
             ) as snapshot:
                 sources = snapshot.sources
@@ -386,6 +404,8 @@ class BackupService:
                 infos.append(BackupInfo(backup_id, self._created_at(backup_id), verified))
             plan = plan_retention(infos, now, policy or RetentionPolicy())
             result = PruneResult(plan, dry_run=dry_run)
+            if not dry_run and plan.delete:
+                self.repository.policy.check_can_write()  # deletions are recorded in a signed record
             for backup_id in plan.delete:
                 self.log(f"{'would delete' if dry_run else 'deleting'} backup {backup_id} (outside the retention policy)")
             if not dry_run and plan.delete:

@@ -41,12 +41,16 @@ from .repository_helpers import (
 
 
 def test_signatures_required_in_production_optional_elsewhere(tmp_path):
-    with pytest.raises(BackupError, match="signed backups are required but no backup signing key is configured"):
-        BackupRepository(tmp_path / "r", require_signature=True)
-    with pytest.raises(BackupError, match="signed backups are required"):
-        BackupRepository(tmp_path / "r", keys=VERIFY_ONLY, require_signature=True)  # a public key cannot sign
-    development = BackupRepository(tmp_path / "r")
+    """Production refuses to write a backup without the signing key, when one is written (a
+    process that only verifies or restores holds no private key)."""
     sources = write_tree(tmp_path / "src", {"a": b"a"})
+    with pytest.raises(BackupError, match=r"signed backups are required \(QUADRA_ENV=production\) but no backup "
+                                          r"signing key is configured: set QUADRA_BACKUP_SIGNING_KEY_FILE"):
+        BackupRepository(tmp_path / "r", require_signature=True).create(sources, sources={})
+    with pytest.raises(BackupError, match="this host verifies backups and cannot write them"):
+        BackupRepository(tmp_path / "r", keys=VERIFY_ONLY, require_signature=True).create(sources, sources={})
+    assert BackupRepository(tmp_path / "r").backup_ids() == []  # nothing was written
+    development = BackupRepository(tmp_path / "r")
     backup_id = development.create(sources, sources={}).manifest.backup_id
     assert development.read_manifest(backup_id).signature is None
     assert development.verify(backup_id).ok and development.history_problems() == []
@@ -65,8 +69,10 @@ def test_the_public_key_alone_verifies_and_another_key_is_refused(repo, tmp_path
     backup_id = result.manifest.backup_id
     offsite = BackupRepository(repo.root, keys=VERIFY_ONLY)  # cannot sign ...
     assert offsite.verify(backup_id).ok and offsite.history_problems() == []  # ... and needs nothing else
-    with pytest.raises(BackupError, match="no backup signing key"):
-        BackupRepository(repo.root, keys=VERIFY_ONLY, require_signature=True)
+    production_offsite = BackupRepository(repo.root, keys=VERIFY_ONLY, require_signature=True)
+    assert production_offsite.verify(backup_id).ok and production_offsite.history_problems() == []
+    with pytest.raises(BackupError, match="cannot write them"):
+        production_offsite.create(write_tree(tmp_path / "more", {"b": b"b"}), sources={})
     other = BackupRepository(repo.root, keys=generate("ed25519"))
     [problem] = other.verify(backup_id).problems
     assert problem.startswith(f"manifests/{backup_id}.json is signed with another key (")
