@@ -34,6 +34,7 @@ from .service import (
     list_with_history,
     promote,
     register_and_mirror,
+    signed_versions,
     version_label,
 )
 from .signing import SignatureError
@@ -64,5 +65,6 @@ __all__ = [
     "promote",
     "reconcile_aliases",
     "register_and_mirror",
+    "signed_versions",
     "version_label",
 ]

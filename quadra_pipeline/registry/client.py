@@ -32,7 +32,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..keys import KeyPair
+from ..keys import Keyring, KeyPair
 from .names import (
     CHALLENGER,
     CHAMPION,
@@ -81,26 +81,36 @@ class ModelRegistry(VersionsMixin, RunsMixin):
         max_retries: int = 2,
         timeout_seconds: float = 5.0,
         keys: KeyPair | None = None,
+        keyring: Keyring | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
-        super().__init__(tracking_uri, max_retries=max_retries, timeout_seconds=timeout_seconds)
+        super().__init__(tracking_uri, max_retries=max_retries, timeout_seconds=timeout_seconds, credentials=credentials)
         self.artifact_root = artifact_root
         self.model_name = model_name
         self.experiment_name = experiment_name
         self.keys = keys
+        # What verifies: the signing pair's public key (always) and the retired keys of `keyring`.
+        self.keyring = Keyring("ec-p256", [*([keys] if keys else []), *(keyring or [])])
         self._experiment_id: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any = None, **kwargs: Any) -> "ModelRegistry":
-        """The registry the settings name (MLFLOW_TRACKING_URI, or SQLite under QUADRA_HOME),
-        signing with the settings' model-signing keys."""
-        from quadra_pipeline.keys import model_signing_keys
+    def from_settings(
+        cls, settings: Any = None, *, tracking_uri: str | None = None, artifact_root: Any = None, **kwargs: Any
+    ) -> "ModelRegistry":
+        """The registry the settings name (MLFLOW_TRACKING_URI, or SQLite under QUADRA_HOME, unless
+        `tracking_uri` / `artifact_root` say otherwise), signing with the settings' model-signing
+        key (none in production without one: registering then refuses), verifying with their
+        keyring, authenticating with MLFLOW_TRACKING_USERNAME and the password (or its file)."""
+        from quadra_pipeline.keys import model_keyring, model_signing_keys
 
         if settings is None:
             from quadra_pipeline.settings import load_settings
 
             settings = load_settings()
         kwargs.setdefault("keys", model_signing_keys(settings))
-        return cls(settings.mlflow_tracking_uri, settings.mlflow_artifact_root, **kwargs)
+        kwargs.setdefault("keyring", model_keyring(settings))
+        kwargs.setdefault("credentials", settings.mlflow_credentials)
+        return cls(tracking_uri or settings.mlflow_tracking_uri, artifact_root or settings.mlflow_artifact_root, **kwargs)
 
     def __repr__(self) -> str:
         return f"ModelRegistry({self.display_uri!r}, model_name={self.model_name!r})"

@@ -1,8 +1,10 @@
 """The connection to MLflow: the client, a fast availability check, one-line errors.
 
-Every client call goes through `_call`, which bounds MLflow's HTTP retries and turns any
-failure into a `RegistryError` naming what was being done (an unreachable server or store
-becomes `RegistryUnavailableError`); URIs in messages have their passwords masked.
+Every client call goes through `_call`, which bounds MLflow's HTTP retries, hands MLflow the
+credentials of an authenticated server for the call, and turns any failure into a
+`RegistryError` naming what was being done (an unreachable server or store becomes
+`RegistryUnavailableError`, refused credentials say which variables to check); URIs in
+messages have their passwords masked.
 """
 
 from __future__ import annotations
@@ -30,16 +32,21 @@ _HTTP_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def mlflow_http_bounds(max_retries: int, timeout_seconds: float) -> Iterator[None]:
-    """MLflow's HTTP retries and timeout bounded for the calls in the block.
+def mlflow_http_bounds(
+    max_retries: int, timeout_seconds: float, credentials: tuple[str, str] | None = None
+) -> Iterator[None]:
+    """MLflow's HTTP retries and timeout bounded, and its credentials set, for the calls in the block.
 
     The one place this package touches process-wide state, and why: MLflow reads its retry
     and timeout settings (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `..._TIMEOUT`, `..._BACKOFF_*`)
-    from the environment on every request and offers no per-client setting (`MlflowClient`
-    and `MlflowHostCreds` take none; its defaults retry for minutes). So the variables are set
-    around each call, under a lock, and put back exactly as they were. Everything else is per
-    client: the tracking and registry URIs (`MlflowClient(tracking_uri=...)`), artifact
-    repositories (`get_artifact_repository(..., tracking_uri=...)`).
+    and a server's basic-auth credentials (`MLFLOW_TRACKING_USERNAME`, `..._PASSWORD`) from the
+    environment on every request and offers no per-client setting (`MlflowClient` and
+    `MlflowHostCreds` take none; its defaults retry for minutes). So the variables are set
+    around each call, under a lock, and put back exactly as they were: the password (which may
+    come from MLFLOW_TRACKING_PASSWORD_FILE, so the process never had it in its environment)
+    is in the environment only while a call runs. Everything else is per client: the tracking
+    and registry URIs (`MlflowClient(tracking_uri=...)`), artifact repositories
+    (`get_artifact_repository(..., tracking_uri=...)`).
     """
     values = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries),
@@ -48,6 +55,8 @@ def mlflow_http_bounds(max_retries: int, timeout_seconds: float) -> Iterator[Non
         "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
+    if credentials is not None:
+        values["MLFLOW_TRACKING_USERNAME"], values["MLFLOW_TRACKING_PASSWORD"] = credentials
     with _HTTP_LOCK:
         saved = {key: os.environ.get(key) for key in values}
         os.environ.update(values)
@@ -95,6 +104,10 @@ _UNREACHABLE_HINTS = (
 )
 
 
+# MLflow's RestException text for a refused request ("... failed with error code 401 != 200").
+_AUTH_REFUSED = re.compile(r"error code (401|403)\b")
+
+
 def _reason(text: str) -> str:
     """A short cause from a requests/urllib3/MLflow error text ("Connection refused", ...)."""
     match = _ERRNO.search(text)
@@ -119,7 +132,16 @@ def _error_code(exc: BaseException) -> str:
 class MlflowConnection:
     """The tracking store or server at `tracking_uri`, and how this package talks to it."""
 
-    def __init__(self, tracking_uri: str, *, max_retries: int = 2, timeout_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        max_retries: int = 2,
+        timeout_seconds: float = 5.0,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        """`credentials`: (username, password) of an MLflow server with basic authentication,
+        handed to MLflow for each call only (None: whatever the environment holds, if anything)."""
         if not isinstance(tracking_uri, str) or not tracking_uri.strip():
             raise RegistryError("MLflow tracking URI is empty (set MLFLOW_TRACKING_URI or leave it unset)")
         if max_retries < 0:
@@ -129,6 +151,7 @@ class MlflowConnection:
         self.tracking_uri = tracking_uri.strip()
         self.max_retries = int(max_retries)
         self.timeout_seconds = float(timeout_seconds)
+        self._credentials = tuple(credentials) if credentials is not None else None
         self._client: MlflowClient | None = None
         self._available = False
 
@@ -155,10 +178,13 @@ class MlflowConnection:
 
         return get_artifact_repository(artifact_uri, tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
+    def _bounds(self) -> contextlib.AbstractContextManager[None]:
+        return mlflow_http_bounds(self.max_retries, self.timeout_seconds, self._credentials)  # type: ignore[arg-type]
+
     @contextlib.contextmanager
     def _call(self, action: str) -> Iterator[None]:
         """Run MLflow calls with bounded HTTP retries; any failure becomes a `RegistryError`."""
-        with mlflow_http_bounds(self.max_retries, self.timeout_seconds):
+        with self._bounds():
             try:
                 yield
             except RegistryError:
@@ -169,7 +195,7 @@ class MlflowConnection:
     def _quietly(self, action: Any) -> bool:
         """Run a clean-up call after another error; a failure is logged, never raised."""
         try:
-            with mlflow_http_bounds(self.max_retries, self.timeout_seconds):
+            with self._bounds():
                 action()
             return True
         except Exception as exc:  # noqa: BLE001 - clean-up after another error
@@ -178,6 +204,17 @@ class MlflowConnection:
 
     def _translate(self, exc: BaseException, action: str) -> RegistryError:
         text = str(getattr(exc, "message", None) or exc) or type(exc).__name__
+        refused = _AUTH_REFUSED.search(text)
+        if refused and self.is_remote:
+            code = refused.group(1)
+            if self._credentials is None:
+                why = "no credentials were given (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD_FILE)"
+            elif code == "401":
+                why = (f"the password of user {self._credentials[0]!r} was refused (check MLFLOW_TRACKING_PASSWORD_FILE "
+                       "or MLFLOW_TRACKING_PASSWORD)")
+            else:
+                why = f"user {self._credentials[0]!r} lacks the permission (MLflow's basic-auth permissions)"
+            return RegistryError(f"MLflow tracking server at {self.display_uri} answered HTTP {code} while {action}: {why}")
         if _looks_unreachable(text):
             what = "server" if self.is_remote else "store"
             return RegistryUnavailableError(
@@ -239,7 +276,7 @@ class MlflowConnection:
                     f"MLflow tracking store {self.display_uri}: cannot create its folder ({exc.strerror or exc})"
                 ) from None
         try:
-            with mlflow_http_bounds(self.max_retries, self.timeout_seconds):
+            with self._bounds():
                 self.client.search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001
             text = str(getattr(exc, "message", None) or exc) or type(exc).__name__

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from .client import ModelRegistry, RegisteredVersion, VersionInfo
 from .errors import RegistryError
 from .history import AliasMove, reconcile_aliases
-from .names import CHALLENGER, CHAMPION, TAG_SHA256
+from .names import CHALLENGER, CHAMPION, TAG_SHA256, TAG_SIGNATURE_KEY
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -268,6 +268,7 @@ def import_checkpoint(
 
     source = Path(path)
     loaded = load_checkpoint(source)
+    registry.require_signing_key("import a checkpoint")  # before any run is started for it
     registry.check_available()
     result = probe(loaded.model)
     metrics = {f"probe_{key}": float(value) for key, value in result.as_dict().items()}
@@ -297,6 +298,22 @@ def import_checkpoint(
             if loaded.format == "original"
             else "at import",
         )
+
+
+# Keys --------------------------------------------------------------------------------------
+
+
+def signed_versions(registry: ModelRegistry) -> Any:
+    """The model keyring (a `keys.KeyringReport`): each key with the versions its
+    `signature_key` tag names, then the key ids not in the keyring, then the unsigned versions
+    (`quadra model keys`). What the tags claim: `verify_version` checks it."""
+    from quadra_pipeline.keys import keyring_report
+
+    by_key: dict[str, list[str]] = {}
+    for info in registry.list_versions():
+        key = (info.tags.get(TAG_SIGNATURE_KEY) or "signed, key not recorded") if info.signed else "unsigned"
+        by_key.setdefault(key, []).append(str(info.version))
+    return keyring_report(registry.keyring, registry.keys, by_key)
 
 
 # List --------------------------------------------------------------------------------------
@@ -367,5 +384,6 @@ __all__ = [
     "list_with_history",
     "promote",
     "register_and_mirror",
+    "signed_versions",
     "version_label",
 ]

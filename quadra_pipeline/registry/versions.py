@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..keys import KeyPair
+from ..keys import Keyring, KeyPair
 from .connection import MlflowConnection, _error_code
 from .errors import RegistryError, UnknownModelVersionError
 from .names import (
@@ -94,7 +94,8 @@ class _DropPickleNotice(logging.Filter):
 
 class VersionsMixin(MlflowConnection):
     model_name: str
-    keys: KeyPair | None
+    keys: KeyPair | None  # signs new versions (its private key)
+    keyring: Keyring  # verifies: the signing key's public key and retired ones
     experiment_id: Any  # RunsMixin.experiment_id (ModelRegistry combines both)
 
     # Registering ---------------------------------------------------------------------------
@@ -124,7 +125,7 @@ class VersionsMixin(MlflowConnection):
         source = Path(checkpoint_path)
         if not source.is_file():
             raise RegistryError(f"cannot register: checkpoint {source} does not exist or is not a file")
-        keys = self._signing_keys("register a version")
+        keys = self.require_signing_key("register a version")
         self._ensure_available()
         experiment_id = self.experiment_id()
         model_id: str | None = None
@@ -189,11 +190,14 @@ class VersionsMixin(MlflowConnection):
             previous_challenger=previous,
         )
 
-    def _signing_keys(self, action: str) -> KeyPair:
+    def require_signing_key(self, action: str) -> KeyPair:
+        """The private key, required here (and only here: a process that never registers or
+        signs a version holds none, production included)."""
         if self.keys is None or not self.keys.can_sign:
             raise RegistryError(
-                f"cannot {action}: no model-signing key is configured (QUADRA_MODEL_SIGNING_KEY or "
-                "QUADRA_MODEL_SIGNING_KEY_FILE; quadra model keygen makes a pair)"
+                f"cannot {action}: no model-signing key is configured (QUADRA_MODEL_SIGNING_KEY_FILE or "
+                "QUADRA_MODEL_SIGNING_KEY; required when QUADRA_ENV=production wherever versions are registered or "
+                "signed; quadra model keygen makes a pair)"
             )
         return self.keys
 
@@ -462,25 +466,26 @@ class VersionsMixin(MlflowConnection):
             yield info, self._download(info, None, Path(tmp) / "model")
 
     def verify_version(self, version: int) -> VersionInfo:
-        """Check the version's files against its signature with the public key; `SignatureError`
-        (one line naming the version and the file) if they differ, it is unsigned, or signed
-        with another key. Returns the version."""
-        if self.keys is None:
+        """Check the version's files against its signature with the public key of the keyring its
+        `signature_key` tag names; `SignatureError` (one line naming the version and the file,
+        or the key id) if they differ, it is unsigned, or its key is not in the keyring.
+        Returns the version."""
+        if not len(self.keyring):
             raise SignatureError(
-                "cannot verify a signature: no model verification key is configured (QUADRA_MODEL_VERIFY_KEY, "
-                "QUADRA_MODEL_SIGNING_KEY or their _FILE forms)"
+                "cannot verify a signature: no model verification key is configured (QUADRA_MODEL_VERIFY_KEY_FILE, "
+                "QUADRA_MODEL_VERIFY_KEYS_FILE, QUADRA_MODEL_SIGNING_KEY_FILE or their variable forms)"
             )
         with self.model_files(version) as (info, model_dir):
             label = f"{self.model_name} version {info.version}"
             if not info.signed:
                 raise SignatureError(f"{label} is not signed (registered before signing existed? quadra model sign {info.version})")
-            verify_model_directory(model_dir, info, self.keys, label)
+            verify_model_directory(model_dir, info, self.keyring, label)
         return info
 
     def sign_version(self, version: int, *, signed_as: str) -> VersionInfo:
         """Sign an unsigned version's files as they are now (checked first against its tagged
         checkpoint SHA-256) and store the signature with it; `signed_as` goes in its tags."""
-        keys = self._signing_keys("sign a version")
+        keys = self.require_signing_key("sign a version")
         with self.model_files(version) as (info, model_dir):
             label = f"{self.model_name} version {info.version}"
             if info.signed:
@@ -502,14 +507,33 @@ class VersionsMixin(MlflowConnection):
         return f"{ui_base.rstrip('/')}/#/models/{self.model_name}/versions/{version_number(version)}"
 
 
-def verify_model_directory(model_dir: Path, info: VersionInfo, keys: KeyPair, label: str) -> None:
-    """A downloaded or restored model directory against the version's signature and tags."""
+def verify_model_directory(model_dir: Path, info: VersionInfo, keys: KeyPair | Keyring, label: str) -> None:
+    """A downloaded or restored model directory against the version's signature and tags, with
+    the key of `keys` (a keyring: the current key and retired ones) that its `signature_key`
+    tag names. A version tagged with a key the keyring lacks fails, naming the key id; one
+    signed before versions named their key is tried with each key."""
+    keyring = keys if isinstance(keys, Keyring) else Keyring("ec-p256", [keys])
     signature = model_dir / SIGNATURE_ARTIFACT
     if signature.is_file() and file_sha256(signature) != info.tags.get(TAG_SIGNATURE_SHA256):
         raise SignatureError(f"{label}: {SIGNATURE_ARTIFACT} is not the signature its tags name (replaced?)")
-    if info.tags.get(TAG_SIGNATURE_KEY) not in (None, keys.key_id):
-        raise SignatureError(f"{label} was signed with another key than the configured one ({keys.origin})")
-    verify_directory(model_dir, keys, label)
+    key_id = info.tags.get(TAG_SIGNATURE_KEY)
+    if key_id:
+        key = keyring.get(key_id)
+        if key is None:
+            known = ", ".join(f"{k[:12]}..." for k in keyring.key_ids) or "no keys"
+            raise SignatureError(f"{label} was signed with another key ({key_id}), which is not in the model keyring ({known})")
+        verify_directory(model_dir, key, label)
+        return
+    problems: list[SignatureError] = []
+    for key in keyring:
+        try:
+            verify_directory(model_dir, key, label)
+            return
+        except SignatureError as exc:
+            problems.append(exc)
+    # The most telling failure: a file that differs says more than "another key" for each key.
+    raise next((p for p in problems if "another key" not in str(p)), problems[0] if problems else
+               SignatureError(f"{label}: no model verification key is configured"))
 
 
 def version_number(version: Any) -> int:

@@ -65,19 +65,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracking]:
-    """A lean `mlflow server` (1 worker, no job runner) on a free loopback port."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
+@contextlib.contextmanager
+def running_mlflow_server(folder: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Tracking]:
+    """A lean `mlflow server` (1 worker, no job runner) on a free loopback port, with `args`
+    added to its command line and `env` to its environment; stopped on leaving."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    environment.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true", **(env or {}))
     log_file = (folder / "server.log").open("wb")
     process = subprocess.Popen(
-        [str(MLFLOW), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
+        [str(MLFLOW), "server", *args, "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", str(folder / "artifacts")],
-        cwd=folder, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=folder, env=environment, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -98,6 +98,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracking
     finally:
         _stop(process)
         log_file.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracking]:
+    """A lean `mlflow server` (1 worker, no job runner) on a free loopback port."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as tracking:
+        yield tracking
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -1,0 +1,80 @@
+"""The registry against a real `mlflow server --app-name basic-auth` on loopback (as the Compose
+stack runs it): a process configured with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD_FILE
+registers, verifies and promotes; the password is in its environment only while a call runs;
+missing or wrong credentials are one line naming the variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from quadra_pipeline.registry import CHAMPION, ModelRegistry, RegistryError, promote
+from quadra_pipeline.settings import load_settings
+
+from .conftest import Tracking, running_mlflow_server
+from .test_registry import register
+
+ADMIN_PASSWORD = "s3cret-" + secrets.token_hex(8)
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracking]:
+    folder = tmp_path_factory.mktemp("mlflow-auth")
+    (folder / "basic_auth.ini").write_text(
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(folder / "basic_auth.ini"), "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    with running_mlflow_server(folder, "--app-name", "basic-auth", env=env) as tracking:
+        yield tracking
+
+
+def registry_from(tmp_path: Path, tracking: Tracking, model_name: str, password: str | None) -> ModelRegistry:
+    overrides: dict[str, str] = {"QUADRA_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": tracking.uri}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if password is not None:
+        (tmp_path / "mlflow-password").write_text(password + "\n")
+        overrides.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD_FILE=str(tmp_path / "mlflow-password"))
+    return ModelRegistry.from_settings(load_settings(**overrides), model_name=model_name)
+
+
+def test_the_password_from_its_file_opens_an_authenticated_server(auth_server, tmp_path, engine, trained, model_name,
+                                                                   monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    registry = registry_from(tmp_path, auth_server, model_name, ADMIN_PASSWORD)
+    registry.check_available()
+    registered = register(registry, engine, *trained)  # runs, metrics, artifacts over HTTP, a version
+    assert registry.verify_version(registered.version).version == registered.version  # downloads
+    promote(registry, engine, registered.version, moved_by="cli:test", reason="authenticated")
+    assert registry.alias_version(CHAMPION) == registered.version
+    # Scoped to each call: the process environment never keeps the password.
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ and "MLFLOW_TRACKING_USERNAME" not in os.environ
+    assert ADMIN_PASSWORD not in repr(registry)
+
+
+def test_no_credentials_or_a_wrong_password_is_one_line_naming_the_variables(auth_server, tmp_path, model_name,
+                                                                              monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    anonymous = registry_from(tmp_path / "a", auth_server, model_name, None)
+    with pytest.raises(RegistryError) as caught:
+        anonymous.list_versions()
+    message = str(caught.value)
+    assert "answered HTTP 401" in message and "no credentials were given" in message
+    assert "MLFLOW_TRACKING_PASSWORD_FILE" in message and "\n" not in message
+
+    wrong = registry_from(tmp_path / "b", auth_server, model_name, "not-the-password")
+    with pytest.raises(RegistryError) as caught:
+        wrong.list_versions()
+    message = str(caught.value)
+    assert "answered HTTP 401" in message and "the password of user 'admin' was refused" in message
+    assert "not-the-password" not in message and ADMIN_PASSWORD not in message
