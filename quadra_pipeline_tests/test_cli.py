@@ -109,10 +109,33 @@ def test_usage_errors_exit_2_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["train", "--out", "r"], ["model", "probe", "x.pt"], ["db", "current", "--database-url", "sqlite://"]])
-def test_production_without_secret_refuses_every_command(tmp_path, command):
-    result = quadra(*command, cwd=tmp_path, env={"QUADRA_ENV": "production"})
-    line = one_error_line(result)
-    assert "QUADRA_SECRET_KEY is not set" in line
+def test_production_with_a_bad_secret_refuses_every_command(tmp_path, command):
+    """A secret that is set is checked before any command runs, in every process."""
+    result = quadra(*command, cwd=tmp_path, env={"QUADRA_ENV": "production", "QUADRA_SECRET_KEY": "too-short"})
+    assert "QUADRA_SECRET_KEY is shorter than 32 bytes" in one_error_line(result)
+    missing = tmp_path / "secrets" / "quadra-secret-key"
+    result = quadra(*command, cwd=tmp_path, env={"QUADRA_ENV": "production", "QUADRA_SECRET_KEY_FILE": str(missing)})
+    assert one_error_line(result) == (
+        f"quadra: error: invalid settings: QUADRA_SECRET_KEY_FILE={missing}: cannot read the file (No such file or directory)")
+
+
+def test_production_without_secrets_runs_what_needs_none_and_refuses_what_needs_one(tmp_path):
+    """Least privilege: each secret is required by the command that uses it, named with its _FILE form."""
+    from quadra_pipeline.keys import generate
+
+    env = {"QUADRA_ENV": "production", "QUADRA_HOME": str(tmp_path / "home")}
+    quadra("db", "current", "--database-url", f"sqlite:///{tmp_path / 'q.db'}", cwd=tmp_path, env=env, check=0)
+    refused = one_error_line(quadra("backup", "create", cwd=tmp_path, env=env))
+    assert "no backup signing key is configured: set QUADRA_BACKUP_SIGNING_KEY_FILE (or QUADRA_BACKUP_SIGNING_KEY)" in refused
+    (tmp_path / "backup.pem").write_bytes(generate("ed25519").private_pem)
+    refused = one_error_line(quadra("backup", "create", cwd=tmp_path,
+                                    env={**env, "QUADRA_BACKUP_SIGNING_KEY_FILE": str(tmp_path / "backup.pem")}))
+    assert refused == ("quadra: error: QUADRA_SECRET_KEY (or QUADRA_SECRET_KEY_FILE) is not set (required when "
+                       "QUADRA_ENV=production to create a backup)")
+    write_original(tmp_path / "old.pth", 16)
+    refused = one_error_line(quadra("model", "import", tmp_path / "old.pth", cwd=tmp_path, env=env))
+    assert "cannot import a checkpoint: no model-signing key is configured (QUADRA_MODEL_SIGNING_KEY_FILE" in refused
+    assert not (tmp_path / "home" / "keys").exists() and not (tmp_path / "home" / "mlflow.db").exists()
 
 
 def test_db_upgrade_and_current(tmp_path):

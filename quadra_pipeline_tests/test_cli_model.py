@@ -141,3 +141,44 @@ def test_history_verify_sign_and_keygen(tmp_path, env):
     signed_elsewhere = quadra("model", "verify", "1", cwd=tmp_path,
                               env={**env, "QUADRA_MODEL_SIGNING_KEY_FILE": str(tmp_path / "k" / "signing.pem")})
     assert "signed with another key" in one_error_line(signed_elsewhere)
+
+
+def test_a_key_rotation_with_the_cli_keeps_old_versions_promotable(tmp_path, env):
+    """docs/DISASTER_RECOVERY.md, "Rotating the signing keys", for model versions: a new pair,
+    the old public key into the keyring, the new key signing; `quadra model keys` lists both with
+    the versions each signed; the pre-rotation version verifies and is promoted back (rollback);
+    taken out of the keyring, it is refused naming its key id."""
+    write_original(tmp_path / "a.pth", 16)
+    write_original(tmp_path / "b.pth", 16, seed=1)
+    quadra("model", "keygen", "--out", "keys/model-1.pem", cwd=tmp_path, env=env, check=0)
+    old = {**env, "QUADRA_MODEL_SIGNING_KEY_FILE": str(tmp_path / "keys" / "model-1.pem")}
+    quadra("model", "import", "a.pth", cwd=tmp_path, env=old, check=0)
+    quadra("model", "promote", "1", cwd=tmp_path, env=old, check=0)
+
+    quadra("model", "keygen", "--out", "keys/model-2.pem", cwd=tmp_path, env=env, check=0)
+    (tmp_path / "keyring").mkdir()
+    (tmp_path / "keyring" / "model-1.pub").write_bytes((tmp_path / "keys" / "model-1.pub").read_bytes())
+    new = {**env, "QUADRA_MODEL_SIGNING_KEY_FILE": str(tmp_path / "keys" / "model-2.pem"),
+           "QUADRA_MODEL_VERIFY_KEYS_FILE": str(tmp_path / "keyring")}
+    quadra("model", "import", "b.pth", cwd=tmp_path, env=new, check=0)
+    quadra("model", "promote", "2", cwd=tmp_path, env=new, check=0)
+
+    listing = json.loads(quadra("model", "keys", "--json", cwd=tmp_path, env=new, check=0).stdout)
+    current, retired = listing["keys"]
+    assert current["signing"] and current["signed"] == ["2"] and current["origin"].startswith("QUADRA_MODEL_SIGNING_KEY_FILE=")
+    assert not retired["signing"] and retired["signed"] == ["1"]
+    assert retired["origin"] == f"QUADRA_MODEL_VERIFY_KEYS_FILE={tmp_path / 'keyring' / 'model-1.pub'}"
+    assert current["algorithm"] == "ECDSA P-256" and retired["fingerprint"].startswith("SHA256:")
+    text = quadra("model", "keys", cwd=tmp_path, env=new, check=0).stdout
+    assert f"key {retired['key_id']}\n" in text and "1 version (1)" in text
+
+    quadra("model", "verify", "1", cwd=tmp_path, env=new, check=0)
+    rolled_back = quadra("model", "promote", "1", "--reason", "rollback", cwd=tmp_path, env=new, check=0)
+    assert "version 2 -> version 1" in rolled_back.stdout
+
+    forgetful = {k: v for k, v in new.items() if k != "QUADRA_MODEL_VERIFY_KEYS_FILE"}
+    refused = quadra("model", "verify", "1", cwd=tmp_path, env=forgetful)
+    assert f"was signed with another key ({retired['key_id']}), which is not in the model keyring" in one_error_line(refused)
+    listing = json.loads(quadra("model", "keys", "--json", cwd=tmp_path, env=forgetful, check=0).stdout)
+    assert [(k["key_id"], k["in_keyring"], k["signed"]) for k in listing["keys"]] == [
+        (current["key_id"], True, ["2"]), (retired["key_id"], False, ["1"])]

@@ -1,8 +1,8 @@
 """`quadra`: the command line for what is not Dagster's job.
 
     quadra train          train outside Dagster (debugging, benchmarks)
-    quadra model ...      probe a checkpoint; list, history, promote, import, verify, sign registered versions
-    quadra backup ...     create, list, verify, restore, export, import, prune backups
+    quadra model ...      probe a checkpoint; list, history, promote, import, verify, sign registered versions; keys
+    quadra backup ...     create, list, verify, restore, export, import, prune backups; keys
     quadra db ...         migrate the project's database, print its schema revision
 
 Every error ends the program with a non-zero exit code and one line on stderr.
@@ -34,7 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from ..settings import load_settings
 
-        load_settings()  # every command refuses bad settings (e.g. production without a secret key)
+        # Every command refuses bad settings (a secret file that cannot be read, production with a
+        # short secret key); a secret that is merely absent is refused by the command that needs it.
+        load_settings()
         return handler(args)
     except KeyboardInterrupt:
         print("quadra: interrupted", file=sys.stderr)

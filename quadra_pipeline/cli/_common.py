@@ -94,3 +94,30 @@ def write_key_pair(kind: str, out: str, *, force: bool, setting: str, verifies: 
     print(f"private key {private} (mode 600: set {setting}_SIGNING_KEY_FILE={private.resolve()})")
     print(f"public key  {public} ({verifies}: {setting}_VERIFY_KEY_FILE={public.resolve()})")
     return EXIT_OK
+
+
+def print_keyring(report, *, as_json: bool, describe, add_back: str) -> int:
+    """`quadra backup|model keys`: each key of the keyring (key id, fingerprint, algorithm, where
+    it came from, what it signed), then each key id that signed something the keyring cannot
+    check, then what no key signed. `describe(labels)`: what a key signed, in words; `add_back`:
+    the setting that brings a missing public key back."""
+    import json
+
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return EXIT_OK
+    if not report.keys:
+        print("no keys: the keyring is empty and nothing is signed")
+    for use in report.keys:
+        if use.origin is None:
+            print(f"key {use.key_id}  NOT IN THE KEYRING")
+            print(f"  signed       {describe(use.signed)} (these fail verification until its public key is in {add_back})")
+            continue
+        print(f"key {use.key_id}")
+        print(f"  fingerprint  {use.fingerprint}")
+        print(f"  algorithm    {use.algorithm}")
+        print(f"  from         {use.origin}{' (signs what is written from now on)' if use.signs else ''}")
+        print(f"  signed       {describe(use.signed) if use.signed else 'nothing here'}")
+    for name, labels in report.other.items():
+        print(f"{name}: {describe(labels)}")
+    return EXIT_OK

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import EXIT_OK, CommandError, _Parser, write_key_pair
+from ._common import EXIT_OK, CommandError, _Parser, print_keyring, write_key_pair
 
 
 def _backup_service():
@@ -67,6 +67,19 @@ def cmd_backup_keygen(args: argparse.Namespace) -> int:
     return write_key_pair("ed25519", args.out, force=args.force, setting="QUADRA_BACKUP", verifies="verifies, and cannot sign")
 
 
+def cmd_backup_keys(args: argparse.Namespace) -> int:
+    def describe(labels: list[str]) -> str:
+        backups = [x for x in labels if not (x == "head.json" or x.startswith("history/"))]
+        history = [x for x in labels if x not in backups]
+        parts = [f"{len(backups)} backup{'s' if len(backups) != 1 else ''} ({', '.join(backups)})"] if backups else []
+        if history:
+            parts.append(f"{len(history)} history document{'s' if len(history) != 1 else ''} ({', '.join(history)})")
+        return "; ".join(parts) or "nothing"
+
+    return print_keyring(_backup_service().keys(), as_json=args.json, describe=describe,
+                         add_back="QUADRA_BACKUP_VERIFY_KEYS_FILE")
+
+
 def cmd_backup_restore(args: argparse.Namespace) -> int:
     if args.in_place == (args.target is not None):
         raise CommandError("restore needs exactly one of --target DIR or --in-place")
@@ -107,7 +120,7 @@ def cmd_backup_prune(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    backup = commands.add_parser("backup", help="backups with checksums: create, list, verify, restore, export, import, prune").add_subparsers(
+    backup = commands.add_parser("backup", help="backups with checksums: create, list, verify, restore, export, import, prune; keys").add_subparsers(
         dest="backup_command", metavar="COMMAND", required=True, parser_class=_Parser)
     create = backup.add_parser("create", help="back up the databases, MLflow artifacts and checkpoints (prints the id)",
                                description="Take a consistent backup of everything needed to recover.")
@@ -143,6 +156,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                               description="Delete backups outside the retention policy and objects nothing references.")
     prune.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     prune.set_defaults(handler=cmd_backup_prune)
+    keys = backup.add_parser("keys", help="the backup keyring: each key, where it came from, and what it signed",
+                             description="List the keys that verify backups (the signing key's own and the retired "
+                                         "ones of QUADRA_BACKUP_VERIFY_KEYS_FILE): key id, fingerprint, algorithm, "
+                                         "origin, and the backups and history documents each signed; then the key ids "
+                                         "that signed something but are not in the keyring. What the manifests claim: "
+                                         "quadra backup verify checks it.")
+    keys.add_argument("--json", action="store_true", help="print one JSON object")
+    keys.set_defaults(handler=cmd_backup_keys)
     keygen = backup.add_parser("keygen", help="make a backup-signing key pair (Ed25519, PEM)",
                                description="Write a new private key (mode 600) and its public key (.pub); the public key "
                                            "alone verifies backups and cannot sign them.")

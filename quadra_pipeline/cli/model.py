@@ -1,5 +1,5 @@
 """`quadra model ...`: checkpoints (probe) and the MLflow registry with its mirror in the database
-(list, history, promote, import, verify, sign, keygen)."""
+(list, history, promote, import, verify, sign, keys, keygen)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_OK, _model_version, _Parser, write_key_pair
+from ._common import EXIT_OK, _model_version, _Parser, print_keyring, write_key_pair
 
 
 def cmd_model_probe(args: argparse.Namespace) -> int:
@@ -31,8 +31,10 @@ def cmd_model_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _registry_and_store() -> tuple[Any, Any]:
-    """The registry (MLFLOW_TRACKING_URI, or SQLite under QUADRA_HOME) and the migrated store."""
+def _registry_and_store(signs: str | None = None) -> tuple[Any, Any]:
+    """The registry (MLFLOW_TRACKING_URI, or SQLite under QUADRA_HOME) and the migrated store.
+    `signs` ("import a checkpoint"): the command signs, so a missing signing key is refused
+    first, before any store is touched."""
     import logging
     import warnings
 
@@ -42,6 +44,8 @@ def _registry_and_store() -> tuple[Any, Any]:
 
     settings = load_settings()
     registry = ModelRegistry.from_settings(settings)
+    if signs:
+        registry.require_signing_key(signs)
     if registry.is_remote:
         registry.check_available()  # an unreachable server fails before MLflow is even imported
 
@@ -134,13 +138,26 @@ def cmd_model_verify(args: argparse.Namespace) -> int:
 def cmd_model_sign(args: argparse.Namespace) -> int:
     from ..registry import default_actor
 
-    registry, _engine = _registry_and_store()
+    registry, _engine = _registry_and_store(signs="sign a version")
     _engine.dispose()
     actor = default_actor()
     info = registry.sign_version(args.version, signed_as=f"after registration, by quadra model sign ({actor})")
     print(f"signed {registry.model_name} version {info.version} (its checkpoint matched its tagged SHA-256); "
           f"tags say: signed {info.tags.get('signed')}")
     return EXIT_OK
+
+
+def cmd_model_keys(args: argparse.Namespace) -> int:
+    from ..registry import signed_versions
+
+    registry, engine = _registry_and_store()
+    engine.dispose()
+
+    def describe(labels: list[str]) -> str:
+        return f"{len(labels)} version{'s' if len(labels) != 1 else ''} ({', '.join(labels)})"
+
+    return print_keyring(signed_versions(registry), as_json=args.json, describe=describe,
+                         add_back="QUADRA_MODEL_VERIFY_KEYS_FILE")
 
 
 def cmd_model_keygen(args: argparse.Namespace) -> int:
@@ -172,7 +189,7 @@ def cmd_model_import(args: argparse.Namespace) -> int:
 
     path = Path(args.path)
     load_checkpoint(path)  # a file that is no checkpoint is refused before any store is touched
-    registry, engine = _registry_and_store()
+    registry, engine = _registry_and_store(signs="import a checkpoint")
     try:
         registered = import_checkpoint(registry, engine, path, description=args.description or "",
                                        moved_by=default_actor())
@@ -229,6 +246,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                         "SHA-256); its tags say it was signed after registration.")
     sign.add_argument("version", type=_model_version, metavar="VERSION")
     sign.set_defaults(handler=cmd_model_sign)
+    keys = model.add_parser("keys", help="the model keyring: each key, where it came from, and the versions it signed",
+                            description="List the keys that verify model versions (the signing key's own and the "
+                                        "retired ones of QUADRA_MODEL_VERIFY_KEYS_FILE): key id, fingerprint, "
+                                        "algorithm, origin, and the versions each signed (their signature_key tag); "
+                                        "then the key ids that signed versions but are not in the keyring.")
+    keys.add_argument("--json", action="store_true", help="print one JSON object")
+    keys.set_defaults(handler=cmd_model_keys)
     keygen = model.add_parser("keygen", help="make a model-signing key pair (ECDSA P-256, PEM)",
                               description="Write a new private key (mode 600) and its public key (.pub) for signing "
                                           "model versions.")
