@@ -60,6 +60,20 @@ def test_format_2_signatures_still_checked_with_the_secret_key(mixed, tmp_path):
         repo.restore(unsigned, tmp_path / "t")
 
 
+def test_production_without_the_secret_key_refuses_what_only_it_could_check(mixed, tmp_path):
+    """QUADRA_SECRET_KEY is optional to start in production, but a signed format-2 manifest is not
+    accepted unchecked: it names the variable; format 3 needs only the public keys."""
+    repo, old, new = mixed
+    without = BackupRepository(repo.root, keys=SIGNING, require_signature=True)
+    assert without.verify(old[0]).problems == [
+        f"manifests/{old[0]}.json: cannot check its signature: QUADRA_SECRET_KEY (or QUADRA_SECRET_KEY_FILE) is not set "
+        "(format-2 backups are signed with it; required when QUADRA_ENV=production to verify them)"
+    ]
+    with pytest.raises(IntegrityError, match="QUADRA_SECRET_KEY_FILE"):
+        without.restore(old[0], tmp_path / "t")
+    assert without.verify(new).ok
+
+
 def test_a_damaged_format_2_object_is_found_and_refused(mixed, tmp_path):
     repo, old, _ = mixed
     entry = next(e for e in repo.read_manifest(old[0]).files if e.path == "quadra.db")
