@@ -13,7 +13,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
-from ..settings import Environment, Settings, load_settings
+from ..settings import Environment, Settings, SettingsError, load_settings
 
 
 class DataHome(dg.ConfigurableResource):
@@ -46,7 +46,17 @@ class StoreResource(dg.ConfigurableResource):
     _engine: Engine | None = PrivateAttr(default=None)
 
     def url(self) -> str:
-        return self.database_url or load_settings().database_url
+        """The configured URL; in production DATABASE_URL or DATABASE_URL_FILE is required (the
+        data home's SQLite file would silently be another database)."""
+        if self.database_url:
+            return self.database_url
+        settings = load_settings()
+        if settings.env is Environment.production and settings.database_url_override is None:
+            raise SettingsError(
+                "DATABASE_URL (or DATABASE_URL_FILE) is not set (required when QUADRA_ENV=production: the project's "
+                "PostgreSQL database)"
+            )
+        return settings.database_url
 
     def engine(self) -> Engine:
         if self._engine is None:
@@ -75,16 +85,17 @@ class RegistryResource(dg.ConfigurableResource):
         return self.ui_url or load_settings().mlflow_ui_url
 
     def registry(self):  # -> ModelRegistry (imported lazily: MLflow is a heavy import)
-        from ..keys import model_signing_keys
+        """The registry with the settings' signing key (new versions), keyring (verifying any
+        version, rotated keys included) and MLflow credentials (variable or file)."""
         from ..registry import ModelRegistry
 
         settings = load_settings()
-        return ModelRegistry(
-            self.tracking_uri or settings.mlflow_tracking_uri,
-            self.artifact_root or str(settings.mlflow_artifact_root),
+        return ModelRegistry.from_settings(
+            settings,
+            tracking_uri=self.tracking_uri or settings.mlflow_tracking_uri,
+            artifact_root=self.artifact_root or str(settings.mlflow_artifact_root),
             max_retries=self.max_retries,
             timeout_seconds=self.timeout_seconds,
-            keys=model_signing_keys(settings),  # signs new versions, verifies before promotion
         )
 
 
@@ -101,18 +112,15 @@ class ObjectStoreResource(dg.ConfigurableResource):
 
 
 def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
-    """Development and test: everything from the settings defaults. Production: the two
-    URLs that carry credentials come from the environment (required; read when a run starts,
-    never stored in run config); the data home keeps its settings default. Step outputs go
-    through the object store (`io_manager`), so a step on one host reads what another wrote."""
+    """Every resource reads its settings when a run uses it, never from run config: the
+    project's database URL from DATABASE_URL or DATABASE_URL_FILE (a secret: required in
+    production, by the store), the MLflow server from MLFLOW_TRACKING_URI (required in
+    production, through `dg.EnvVar`). Step outputs go through the object store
+    (`io_manager`), so a step on one host reads what another wrote."""
     from .io_manager import ObjectStoreIOManager
 
-    shared = {"objects": ObjectStoreResource(), "io_manager": ObjectStoreIOManager()}
+    shared = {"data_home": DataHome(), "store": StoreResource(), "objects": ObjectStoreResource(),
+              "io_manager": ObjectStoreIOManager()}
     if settings.env is Environment.production:
-        return {
-            "data_home": DataHome(),
-            "store": StoreResource(database_url=dg.EnvVar("DATABASE_URL")),
-            "registry": RegistryResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
-            **shared,
-        }
-    return {"data_home": DataHome(), "store": StoreResource(), "registry": RegistryResource(), **shared}
+        return {**shared, "registry": RegistryResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"))}
+    return {**shared, "registry": RegistryResource()}

@@ -8,7 +8,7 @@ import pytest
 from quadra_pipeline_tests.production import set_production
 
 from quadra_pipeline.defs.resources import RegistryResource, StoreResource, resources_for
-from quadra_pipeline.settings import load_settings
+from quadra_pipeline.settings import SettingsError, load_settings
 from quadra_pipeline_tests.defs.conftest import REPO_ROOT
 from quadra_pipeline_tests.postgres import scratch_database
 
@@ -31,6 +31,19 @@ def test_production_resources_read_the_urls_from_the_environment_at_run_time(qua
     run = result.dagster_run
     assert "prod.db" not in str(run.run_config) and "mlflow.internal" not in str(run.run_config)
 
+    # The database URL is a secret: from its file as well (how the stack passes it).
+    secret = quadra_env.parent / "database_url"
+    secret.write_text("sqlite:///from-a-file.db\n")
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.setenv("DATABASE_URL_FILE", str(secret))
+    result = dg.materialize([urls], resources={k: resources[k] for k in ("store", "registry")})
+    assert result.output_for_node("urls")["db"] == "sqlite:///from-a-file.db"
+    assert "from-a-file" not in str(result.dagster_run.run_config)
+
+    monkeypatch.delenv("DATABASE_URL_FILE")
+    with pytest.raises(SettingsError, match=r"DATABASE_URL \(or DATABASE_URL_FILE\) is not set \(required when QUADRA_ENV=production"):
+        dg.materialize([urls], resources={k: resources[k] for k in ("store", "registry")})
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///prod.db")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     with pytest.raises(dg.DagsterInvalidConfigError, match="MLFLOW_TRACKING_URI"):
         dg.materialize([urls], resources={k: resources[k] for k in ("store", "registry")})
