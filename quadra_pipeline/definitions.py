@@ -29,8 +29,14 @@ def run_executor(choice: RunExecutor) -> dg.ExecutorDefinition:
     its own pod (Dagster's `k8s_job_executor`, configured by the run launcher's `runK8sConfig`
     and the run's `execution` config). Its step pods are owned by the run pod: a run pod that
     dies (an OOM kill, a lost node) takes its steps with it, so a pool slot that run monitoring
-    frees is never still used by an orphaned step.
+    frees is never still used by an orphaned step. QUADRA_RUN_EXECUTOR=celery sends each step
+    to whichever Celery worker takes it (`defs/runs/celery.py`, `quadra worker`): a sweep's
+    trials fan out across worker hosts.
     """
+    if choice is RunExecutor.celery:
+        from .defs.runs.celery import quadra_celery_executor
+
+        return quadra_celery_executor()
     if choice is RunExecutor.k8s_job:
         try:
             from dagster_k8s import k8s_job_executor
