@@ -22,6 +22,9 @@ CHAMPION = dg.AssetKey("champion_model")
 SWEEP = dg.AssetKey("hyperparameter_sweep")
 SWEEP_REGISTERED = dg.AssetKey("sweep_registered_model")
 SWEEP_TAG = "quadra/sweep"  # dagster.yaml: one sweep at a time
+# A job so tagged keeps its steps in its run's process whatever QUADRA_RUN_EXECUTOR says (it
+# needs the volumes of the host its run was launched on).
+STEPS_IN_RUN_PROCESS_TAG = "quadra/steps-in-run-process"
 
 
 class MissingUpstreamError(Exception):

@@ -84,6 +84,31 @@ def test_every_job_runs_in_process_by_default_and_each_step_in_a_pod_with_k8s_jo
     assert execution["k8s"]["max_concurrent"] == 2 and execution["k8s"]["enable_owner_references"] is True
     execution = dg.validate_run_config(training, {"execution": {"config": {"enable_owner_references": False}}})["execution"]
     assert execution["k8s"]["enable_owner_references"] is True
+    # Celery: every job's steps are Celery tasks, the broker read from the settings when a run
+    # starts (never in the job's config), except the backup's, which needs its run's volumes.
+    monkeypatch.setenv("QUADRA_RUN_EXECUTOR", "celery")
+    assert {executor.name for executor in executors()} == {"celery"}
+    sweep = defs().resolve_job_def("sweep_job")
+    assert set(dg.validate_run_config(sweep, {})["execution"]["celery"]) == {"retries"}
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.executor.init import InitExecutorContext
+    from dagster_celery.executor import CeleryExecutor
+
+    from quadra_pipeline.defs.runs.executor import QuadraInProcessExecutor
+
+    def executor_for(job_name):
+        job = defs().resolve_job_def(job_name)
+        return job.executor_def.executor_creation_fn(InitExecutorContext(
+            job=InMemoryJob(job), executor_def=job.executor_def,
+            executor_config={"retries": {"enabled": {}}}, instance=dg.DagsterInstance.ephemeral()))
+
+    monkeypatch.setenv("QUADRA_CELERY_BROKER_URL", "amqp://guest@broker.internal:5672//")
+    assert isinstance(executor_for("sweep_job"), CeleryExecutor)
+    assert executor_for("sweep_job").broker == "amqp://guest@broker.internal:5672//"
+    assert type(executor_for("backup_job")) is QuadraInProcessExecutor
+    monkeypatch.delenv("QUADRA_CELERY_BROKER_URL")
+    with pytest.raises(SettingsError, match=r"QUADRA_RUN_EXECUTOR=celery needs a broker: set QUADRA_CELERY_BROKER_URL \(or QUADRA_CELERY_BROKER_URL_FILE\)"):
+        executor_for("sweep_job")
     monkeypatch.setenv("QUADRA_RUN_EXECUTOR", "ray")
     with pytest.raises(SettingsError, match=r"QUADRA_RUN_EXECUTOR.*in_process.*k8s_job.*celery"):
         defs()

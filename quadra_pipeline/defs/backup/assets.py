@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..common import CHAMPION, METRICS, MODEL, OWNER, REGISTERED, SYSTEM_STATE
+from ..common import CHAMPION, METRICS, MODEL, OWNER, REGISTERED, STEPS_IN_RUN_PROCESS_TAG, SYSTEM_STATE
 from ..resources import DataHome, StoreResource
 
 BACKUP = dg.AssetKey("backup")
@@ -102,7 +102,9 @@ backup_job = dg.define_asset_job(
     name="backup_job",
     selection=[BACKUP],
     partitions_def=hourly_partitions,
-    tags={BACKUP_TAG: "true"},
+    # The backup reads the data home and writes the repository on the volumes of the host its
+    # run was launched on: a Celery worker host has neither, so its step stays in the run.
+    tags={BACKUP_TAG: "true", STEPS_IN_RUN_PROCESS_TAG: "true"},
     description="Back up everything needed to recover, for one hour's partition.",
 )
 

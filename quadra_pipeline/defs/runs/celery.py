@@ -81,15 +81,23 @@ def quadra_celery_executor() -> dg.ExecutorDefinition:
 
     @dg.executor(name="celery", config_schema=_executor_config_schema(),
                  requirements=dg.multiple_process_executor_requirements())
-    def celery(init_context: dg.InitExecutorContext) -> CeleryExecutor:
-        """Dagster's Celery executor, its broker from the settings (read when the run starts)."""
+    def celery(init_context: dg.InitExecutorContext):
+        """Dagster's Celery executor, its broker from the settings (read when the run starts);
+        a job tagged `quadra/steps-in-run-process` (the backup, bound to its host's volumes)
+        runs its steps in its run's process instead."""
+        from ..common import STEPS_IN_RUN_PROCESS_TAG
+        from .executor import QuadraInProcessExecutor
+
+        retries = RetryMode.from_config(init_context.executor_config["retries"])
+        if init_context.job.get_definition().tags.get(STEPS_IN_RUN_PROCESS_TAG) == "true":
+            return QuadraInProcessExecutor(retries=retries, marker_to_close=None)
         broker, backend = broker_urls()
         return CeleryExecutor(
             broker=broker,
             backend=backend,
             config_source=celery_config(),
             include=[],
-            retries=RetryMode.from_config(init_context.executor_config["retries"]),
+            retries=retries,
         )
 
     return celery
