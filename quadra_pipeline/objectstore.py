@@ -18,10 +18,12 @@ store writes to a temporary name and renames), so a reader never sees half an ob
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -53,6 +55,7 @@ class ObjectStore(Protocol):
     def get_bytes(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def keys(self, prefix: str = "") -> Iterator[str]: ...
+    def entries(self, prefix: str = "") -> Iterator[tuple[str, int, str]]: ...
     def delete(self, key: str) -> None: ...
     def check_available(self) -> None: ...
 
@@ -131,6 +134,12 @@ class LocalObjectStore:
         for path in sorted(base.rglob("*")):
             if path.is_file() and not path.name.startswith("."):
                 yield path.relative_to(self.root).as_posix()
+
+    def entries(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+        """(key, size, version) of every object: the version changes when the object does."""
+        for key in self.keys(prefix):
+            stat = self._path(key).stat()
+            yield key, stat.st_size, f"{stat.st_mtime_ns}"
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -212,13 +221,18 @@ class S3ObjectStore:
         return True
 
     def keys(self, prefix: str = "") -> Iterator[str]:
+        for key, _, _ in self.entries(prefix):
+            yield key
+
+    def entries(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+        """(key, size, ETag) of every object under `prefix`."""
         full = self._key(prefix) + "/" if prefix.strip("/") else (f"{self.prefix}/" if self.prefix else "")
         paginator = self.client.get_paginator("list_objects_v2")
         pages = self._call("listing", prefix or "/", lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
         strip = len(self.prefix) + 1 if self.prefix else 0
         for page in pages:
             for item in page.get("Contents", []):
-                yield item["Key"][strip:]
+                yield item["Key"][strip:], int(item["Size"]), str(item.get("ETag", "")).strip('"')
 
     def delete(self, key: str) -> None:
         self._call("deleting", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
@@ -271,3 +285,42 @@ def fetch_verified(store: ObjectStore, key: str, dest: str | os.PathLike[str], s
             f"{key} in {store.url} has SHA-256 {actual[:12]}, not the recorded {sha256[:12]} (damaged or replaced)"
         )
     return dest
+
+
+@dataclass
+class MirrorStats:
+    objects: int = 0
+    fetched: int = 0
+    fetched_bytes: int = 0
+    removed: int = 0
+
+
+def mirror(store: ObjectStore, dest: str | os.PathLike[str]) -> MirrorStats:
+    """Make `dest` a copy of everything in `store`, fetching only what is new or changed since
+    the last mirror (by size and version: an S3 ETag, a file's mtime) and removing what the
+    store no longer has. The hourly backup reads S3-held data (MLflow's artifacts, the shared
+    objects) from such a copy, so an unchanged hour fetches nothing."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    index_path = dest.with_name(f".{dest.name}.mirror.json")  # beside the copy, not in it
+    try:
+        index: dict[str, list] = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    stats, seen = MirrorStats(), {}
+    for key, size, version in store.entries():
+        stats.objects += 1
+        seen[key] = [size, version]
+        local = dest / _clean_key(key)
+        if index.get(key) == [size, version] and local.is_file() and local.stat().st_size == size:
+            continue
+        store.get_file(key, local)
+        stats.fetched += 1
+        stats.fetched_bytes += size
+    for key in set(index) - set(seen):
+        (dest / _clean_key(key)).unlink(missing_ok=True)
+        stats.removed += 1
+    staged = index_path.with_suffix(".tmp")
+    staged.write_text(json.dumps(seen, sort_keys=True))
+    os.replace(staged, index_path)
+    return stats

@@ -56,6 +56,7 @@ FILE_TWINS: dict[str, str] = {
     "database_url_override": "database_url_file",
     "secret_key": "secret_key_file",
     "mlflow_backend_uri": "mlflow_backend_uri_file",
+    "backup_database_url": "backup_database_url_file",
     "mlflow_tracking_password": "mlflow_tracking_password_file",
     "celery_broker_url": "celery_broker_url_file",
     "celery_backend_url": "celery_backend_url_file",
@@ -112,6 +113,12 @@ class Settings(BaseSettings):
     # process can reach its database: backups then include it.
     mlflow_backend_uri: str | None = Field(None, alias="QUADRA_MLFLOW_BACKEND_URI", repr=False)
     mlflow_backend_uri_file: Path | None = Field(None, alias="QUADRA_MLFLOW_BACKEND_URI_FILE")
+    # The project database as the backup reads it: a read-only role (default DATABASE_URL).
+    backup_database_url: str | None = Field(None, alias="QUADRA_BACKUP_DATABASE_URL", repr=False)
+    backup_database_url_file: Path | None = Field(None, alias="QUADRA_BACKUP_DATABASE_URL_FILE")
+    # Where the MLflow server keeps its artifacts when not in the data home (an S3 URL, as its
+    # --artifacts-destination): the backup mirrors them from there.
+    mlflow_artifacts_store: str | None = Field(None, alias="QUADRA_MLFLOW_ARTIFACTS_STORE")
     backup_dump_timeout: float = Field(3600.0, alias="QUADRA_BACKUP_DUMP_TIMEOUT", gt=0, le=7 * 24 * 3600)
     # Deep verification re-reads 1/N of the stored chunks each run, all of them within N runs.
     backup_verify_runs: int = Field(24, alias="QUADRA_BACKUP_VERIFY_RUNS", ge=1, le=100_000)
@@ -161,13 +168,13 @@ class Settings(BaseSettings):
 
     @field_validator("database_url_override", "mlflow_tracking_uri_override", "mlflow_ui_url_override",
                      "celery_broker_url", "celery_backend_url", "object_store_override", "mlflow_tracking_username",
-                     mode="before")
+                     "mlflow_artifacts_store", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
     @field_validator("secret_key", "model_signing_key", "model_verify_key", "backup_signing_key", "backup_verify_key",
-                     "mlflow_backend_uri", "mlflow_tracking_password", mode="before")
+                     "mlflow_backend_uri", "mlflow_tracking_password", "backup_database_url", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return value or None
@@ -254,6 +261,11 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return self.home / "checkpoints"
+
+    @property
+    def backup_source_url(self) -> str:
+        """The project database as the backup and its drill read it."""
+        return self.backup_database_url or self.database_url
 
     @property
     def object_store(self) -> str:

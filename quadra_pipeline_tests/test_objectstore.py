@@ -82,3 +82,22 @@ def test_urls_pick_the_store(tmp_path):
         open_object_store("gs://x")
     with pytest.raises(ObjectStoreError, match="needs a bucket"):
         open_object_store("s3:///prefix")
+
+
+def test_a_mirror_fetches_only_what_changed_and_drops_what_is_gone(store, tmp_path):
+    from quadra_pipeline.objectstore import mirror
+
+    store.put_bytes("a/1", b"one")
+    store.put_bytes("a/2", b"two" * 1000)
+    local = tmp_path / "mirror" / "copy"
+    first = mirror(store, local)
+    assert (first.objects, first.fetched, first.removed) == (2, 2, 0)
+    assert (local / "a" / "1").read_bytes() == b"one" and (local / "a" / "2").stat().st_size == 3000
+    again = mirror(store, local)
+    assert (again.objects, again.fetched, again.fetched_bytes) == (2, 0, 0)  # an unchanged store: nothing fetched
+    store.put_bytes("a/1", b"ONE!")
+    store.delete("a/2")
+    changed = mirror(store, local)
+    assert (changed.objects, changed.fetched, changed.removed) == (1, 1, 1)
+    assert (local / "a" / "1").read_bytes() == b"ONE!" and not (local / "a" / "2").exists()
+    assert sorted(p.name for p in (tmp_path / "mirror").iterdir()) == [".copy.mirror.json", "copy"]  # its index beside it

@@ -75,7 +75,7 @@ def restore_drill(service: BackupService, backup_id: str, workdir: Path) -> Dril
             if kind == "sqlite" and path and counts is not None:
                 query = _check_sqlite(result, tree / path, counts)
             elif kind == "postgresql" and path and counts is not None:
-                url = service.settings.database_url if part == PROJECT_DB else (
+                url = service.settings.backup_source_url if part == PROJECT_DB else (
                     service.settings.mlflow_backend_uri or service.settings.mlflow_tracking_uri)
                 query = _check_postgres(result, part, tree / path, counts, url, scratch)
             elif part == MLFLOW_DB and kind == "remote":

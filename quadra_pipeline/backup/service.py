@@ -35,7 +35,7 @@ from .errors import BackupError, UnknownBackupError
 from .names import id_time
 from .repository import BackupRepository
 from .retention import BackupInfo, RetentionPlan, RetentionPolicy, plan_retention
-from .sources import ARTIFACTS, CHECKPOINTS, MLFLOW_DB, PROJECT_DB, take_snapshot
+from .sources import ARTIFACTS, CHECKPOINTS, MLFLOW_DB, OBJECTS, PROJECT_DB, take_snapshot
 from .verification import VerifyReport
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,14 @@ class BackupService:
         # Seeds the PostgreSQL dumps' restrict key: unguessable in production, stable between runs.
         secret = settings.require_secret_key("to create a backup")
         with self.repository.lock():
+            artifact_root, extra_dirs = self._mirror_object_stores()
             with take_snapshot(
-                database_url=settings.database_url,
+                database_url=settings.backup_source_url,
                 mlflow_tracking_uri=settings.mlflow_tracking_uri,
                 mlflow_backend_uri=settings.mlflow_backend_uri,
-                mlflow_artifact_root=settings.mlflow_artifact_root,
+                mlflow_artifact_root=artifact_root,
                 checkpoint_dir=settings.checkpoint_dir,
+                extra_dirs=extra_dirs,
                 workdir=settings.backup_dir,
                 secret=secret,
                 dump_timeout=settings.backup_dump_timeout,
@@ -183,6 +185,33 @@ class BackupService:
 
         self._catalogue(record)
         return result
+
+    def _mirror_object_stores(self) -> tuple[Path, dict[str, Path]]:
+        """What lives in an S3 object store is backed up from a local copy, refreshed first
+        (only new or changed objects are fetched): MLflow's artifacts, when its server keeps them
+        in S3 (QUADRA_MLFLOW_ARTIFACTS_STORE), taken as the artifact tree the drill knows; and
+        the shared objects (QUADRA_OBJECT_STORE: corpus snapshots, checkpoints of runs that ran
+        on other hosts), as the extra tree `objects`. A local object store is a folder of the
+        data home: it is taken as it is."""
+        from ..objectstore import mirror, open_object_store
+
+        settings = self.settings
+        artifact_root: Path = settings.mlflow_artifact_root
+        extra: dict[str, Path] = {}
+        stores = []
+        if settings.mlflow_artifacts_store:
+            artifact_root = settings.home / "mirror" / ARTIFACTS
+            stores.append((settings.mlflow_artifacts_store, artifact_root))
+        if settings.object_store.startswith("s3://"):
+            extra[OBJECTS] = settings.home / "mirror" / OBJECTS
+            stores.append((settings.object_store, extra[OBJECTS]))
+        else:
+            extra[OBJECTS] = Path(settings.object_store)
+        for url, local in stores:
+            stats = mirror(open_object_store(url), local)
+            self.log(f"mirrored {url}: {stats.objects} objects, {stats.fetched} fetched ({stats.fetched_bytes} bytes), "
+                     f"{stats.removed} removed")
+        return artifact_root, extra
 
     # Verify ----------------------------------------------------------------------------
 

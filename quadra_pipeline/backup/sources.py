@@ -84,6 +84,7 @@ from .sqlite_stream import snapshot_stream
 
 #: Restore-tree folders.
 PROJECT_DB, MLFLOW_DB, ARTIFACTS, CHECKPOINTS = "project-db", "mlflow-db", "mlartifacts", "checkpoints"
+OBJECTS = "objects"  # the shared object store (QUADRA_OBJECT_STORE), an extra tree
 RESERVED_NAMES = frozenset({PROJECT_DB, MLFLOW_DB, ARTIFACTS, CHECKPOINTS})
 
 #: Never stored. Patterns match a file or folder name (case-insensitive); a pattern ending in

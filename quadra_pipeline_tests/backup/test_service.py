@@ -422,3 +422,47 @@ def test_a_restore_killed_mid_swap_loses_nothing_and_running_it_again_finishes_i
     service.restore(backup_id, in_place=True)
     assert state() == expected
     assert not list(home.glob(".restore-*"))  # ...and the next restore cleaned it up
+
+
+def test_what_lives_in_s3_is_backed_up_from_a_refreshed_copy_and_the_drill_finds_the_champion(tmp_path, monkeypatch, s3_env):
+    """MLflow's artifacts in an S3 bucket (its server's --artifacts-destination) and the shared
+    object store in S3: the hourly backup copies what changed and backs up the copy; the drill
+    loads the champion from it by SHA-256 and signature; an unchanged hour fetches nothing."""
+    import shutil
+    import uuid
+
+    from quadra_pipeline.backup.drill import restore_drill
+    from quadra_pipeline.objectstore import open_object_store
+
+    for name in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "QUADRA_ENV", "QUADRA_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "s3-home"
+    monkeypatch.setenv("QUADRA_HOME", str(home))
+    monkeypatch.setenv("QUADRA_BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.chdir(tmp_path)
+    build_live_home(home, versions=1)
+    bucket = s3_env.make_bucket(f"b-{uuid.uuid4().hex[:10]}")
+    artifacts = open_object_store(f"s3://{bucket}/artifacts")
+    for path in (home / "mlartifacts").rglob("*"):
+        if path.is_file():
+            artifacts.put_file(path.relative_to(home / "mlartifacts").as_posix(), path)
+    shutil.move(home / "mlartifacts", tmp_path / "not-here-any-more")  # the server's disk: S3 alone has them
+    shared = open_object_store(f"s3://{bucket}/shared")
+    shared.put_bytes("corpus/0123456789abcdef/train.parquet", b"PAR1 a snapshot")
+    monkeypatch.setenv("QUADRA_MLFLOW_ARTIFACTS_STORE", f"s3://{bucket}/artifacts")
+    monkeypatch.setenv("QUADRA_OBJECT_STORE", f"s3://{bucket}/shared")
+    said: list[str] = []
+    service = BackupService(load_settings(), log_fn=said.append)
+
+    first = service.create()
+    paths = {entry.path for entry in first.manifest.files}
+    assert "objects/corpus/0123456789abcdef/train.parquet" in paths
+    assert any(p.startswith("mlartifacts/") and p.endswith("checkpoint.pt") for p in paths)
+    drill = restore_drill(service, first.manifest.backup_id, tmp_path / "drill")
+    assert drill.ok, drill.problems
+    assert drill.checked["champion"]["version"] == 1 and drill.checked["champion"]["signature"] == "verified"
+
+    said.clear()
+    service.create()
+    mirrored = [line for line in said if line.startswith("mirrored")]
+    assert len(mirrored) == 2 and all(" 0 fetched (0 bytes)" in line for line in mirrored), mirrored
