@@ -78,3 +78,52 @@ def test_no_credentials_or_a_wrong_password_is_one_line_naming_the_variables(aut
     message = str(caught.value)
     assert "answered HTTP 401" in message and "the password of user 'admin' was refused" in message
     assert "not-the-password" not in message and ADMIN_PASSWORD not in message
+
+
+def test_the_pipeline_user_may_train_register_and_promote_but_not_delete_and_the_reader_only_reads(
+        auth_server, tmp_path, engine, trained, monkeypatch):
+    """registry/access.py, as the stack's MLflow service runs it: the admin makes the experiment,
+    the registered model and two users; the pipeline's user (EDIT) does all the pipeline does and
+    gets 403 deleting the model; the reader (READ) lists versions and aliases and cannot move one.
+    Running it again is harmless and sets a rotated password."""
+    import requests
+
+    from quadra_pipeline.registry.access import PIPELINE_USER, READER_USER, Grant, provision
+
+    model = f"access-{secrets.token_hex(4)}"
+    experiment = f"exp-{model}"
+    pipeline_password, reader_password = secrets.token_hex(12), secrets.token_hex(12)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    grants = [Grant(PIPELINE_USER, "first-" + pipeline_password, "EDIT"), Grant(READER_USER, reader_password, "READ")]
+    provision(auth_server.uri, grants, experiment=experiment, model=model)
+    grants[0] = Grant(PIPELINE_USER, pipeline_password, "EDIT")  # a rotated password
+    provision(auth_server.uri, grants, experiment=experiment, model=model)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+
+    def as_user(user: str, password: str, where: Path) -> ModelRegistry:
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "password").write_text(password)
+        settings = load_settings(QUADRA_HOME=str(where / "home"), MLFLOW_TRACKING_URI=auth_server.uri,
+                                 MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD_FILE=str(where / "password"))
+        return ModelRegistry.from_settings(settings, model_name=model, experiment_name=experiment)
+
+    pipeline = as_user(PIPELINE_USER, pipeline_password, tmp_path / "pipeline")
+    registered = register(pipeline, engine, *trained)
+    promote(pipeline, engine, registered.version, moved_by="cli:test", reason="EDIT is enough")
+    assert pipeline.alias_version(CHAMPION) == registered.version
+    admin = requests.auth.HTTPBasicAuth("admin", ADMIN_PASSWORD)
+    user = requests.get(f"{auth_server.uri}/api/2.0/mlflow/users/get", params={"username": PIPELINE_USER}, auth=admin, timeout=10).json()
+    assert user["user"]["is_admin"] is False
+    denied = requests.delete(f"{auth_server.uri}/api/2.0/mlflow/registered-models/delete", json={"name": model},
+                             auth=(PIPELINE_USER, pipeline_password), timeout=10)
+    assert denied.status_code == 403, denied.text
+    old = requests.get(f"{auth_server.uri}/api/2.0/mlflow/registered-models/get", params={"name": model},
+                       auth=(PIPELINE_USER, "first-" + pipeline_password), timeout=10)
+    assert old.status_code == 401  # the password before the rotation no longer opens it
+
+    reader = as_user(READER_USER, reader_password, tmp_path / "reader")
+    assert reader.aliases() == {"champion": registered.version, "challenger": registered.version}
+    with pytest.raises(RegistryError, match="403|PERMISSION_DENIED|Permission denied"):
+        reader.set_alias(CHAMPION, registered.version)
