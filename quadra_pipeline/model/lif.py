@@ -55,31 +55,40 @@ def time_kernel(steps: int, beta: float = BETA, dtype: torch.dtype = torch.float
     return _KERNELS[key]
 
 
-def _run_membrane(current: Tensor, steps: int, beta: float, threshold: float) -> tuple[Tensor, Tensor]:
-    """Forward recurrence. `current` is (T, B, F), or (B, F) for a static input.
+def membrane_pass(inputs: np.ndarray, steps: int, static: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Forward recurrence on arrays: membranes U and spikes S (0/1, the inputs' dtype), (T, B, F).
 
-    Returns membranes U and spikes S, both (T, B, F). R_t = S_{t-1} (the reset is the
-    previous step's spike), so each step is U = beta*U + I_t - theta*S_prev; S = U > theta.
-    The loop runs in NumPy: on arrays this small its per-call cost is a third of torch's,
-    and the operations (and their order) are the same, so the results are identical.
+    `inputs` is (T, B, F), or (B, F) when `static`. R_t = S_{t-1} (the reset is the previous
+    step's spike), so each step is U = beta*U + I_t - theta*S_prev, S = U > theta,
+    evaluated in that order (snntorch's, so the spikes are the same bit for bit). Each step
+    writes straight into its slices of U and S: four NumPy calls per step, with positional
+    outputs and 0-d array scalars (the cheapest way to call a ufunc). On arrays this small
+    the per-call cost is everything, and NumPy's is a fraction of torch's.
     """
-    static = current.dim() == 2
-    inputs = current.detach().numpy()
     dtype = inputs.dtype
-    beta_, theta = dtype.type(beta), dtype.type(threshold)
+    beta, theta = np.array(BETA, dtype), np.array(THRESHOLD, dtype)
     shape = (steps, *inputs.shape[-2:])
     membranes = np.empty(shape, dtype)
-    u = np.zeros(shape[1:], dtype)
-    reset = np.zeros(shape[1:], dtype)
-    for t in range(steps):
-        u *= beta_
-        u += inputs if static else inputs[t]
-        u -= reset
-        membranes[t] = u
-        reset = (u > theta).astype(dtype)
-        if threshold != 1.0:
-            reset *= theta
-    spikes = (membranes > theta).astype(dtype)
+    spikes = np.empty(shape, dtype)
+    multiply, add, subtract, greater = np.multiply, np.add, np.subtract, np.greater
+    # Step 0 from U = 0 and no reset: beta*0 + I - 0 = I (+0.0 turns a -0.0 into 0.0, as 0 + I does).
+    previous, spiked = membranes[0], spikes[0]
+    add(inputs if static else inputs[0], np.array(0.0, dtype), previous)
+    greater(previous, theta, spiked)
+    for t in range(1, steps):
+        u, spike = membranes[t], spikes[t]
+        multiply(previous, beta, u)
+        add(u, inputs if static else inputs[t], u)
+        subtract(u, spiked if THRESHOLD == 1.0 else spiked * theta, u)  # the reset, theta * S_{t-1}
+        greater(u, theta, spike)
+        previous, spiked = u, spike
+    return membranes, spikes
+
+
+def _run_membrane(current: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """`membrane_pass` on a tensor `current` (T, B, F) or static (B, F); torch tensors out."""
+    static = current.dim() == 2
+    membranes, spikes = membrane_pass(current.detach().numpy(), steps, static)
     return torch.from_numpy(membranes), torch.from_numpy(spikes)
 
 
@@ -88,7 +97,7 @@ class _LIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current: Tensor, steps: int, rate: bool) -> Tensor:  # type: ignore[override]
-        membranes, spikes = _run_membrane(current, steps, BETA, THRESHOLD)
+        membranes, spikes = _run_membrane(current, steps)
         ctx.save_for_backward(membranes)
         ctx.static = current.dim() == 2
         ctx.rate = rate
