@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .adam import use_fused_kernel
 from .networks import NetworkTrio
 from .qlearning import QTable
 from .quadra import QuadraModel
@@ -258,6 +259,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     try:
         for optimizer, state in zip(model.optimizers, payload["optimizers"], strict=True):
             optimizer.load_state_dict(state)
+            use_fused_kernel(optimizer)  # a checkpoint written before Adam was fused says fused: None
         trainer = _load_trainer(model, payload["trainer"])
         model.generator.set_state(payload["rng_state"])  # after the trainer: its constructor draws
     except _TrainerStateError as exc:

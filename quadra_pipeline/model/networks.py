@@ -7,6 +7,7 @@ static input; its output is the last layer's mean spike rate. The module and buf
 Training evaluates all three networks on every item of an epoch (spec section 4). Their LIF
 layers are element-wise, so `NetworkTrio.forward_all` runs the first, second and third LIF
 layers of all three networks as one layer each: three recurrences per step instead of nine.
+The training step makes the same pass, and its backward pass, by hand (`training_pass.py`).
 """
 
 from __future__ import annotations

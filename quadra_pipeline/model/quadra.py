@@ -15,15 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from .adam import adam_step, make_adam
 from .features import text_features
 from .networks import NetworkTrio
 from .qlearning import ACTIONS, QTable, state_key
+from .training_pass import SYNTROPY_GAIN, TrainingItems, TrioLayout, TrioPass, item_losses
 
 DEFAULT_LEARNING_RATE = 0.001
-SYNTROPY_GAIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class QuadraModel:
             self.networks = NetworkTrio(field_size)
         self.field0 = 0.1 * self.randn(field_size)
         self.q_table = QTable()
-        self.optimizers = [torch.optim.Adam(net.parameters(), lr=learning_rate) for net in self.networks.networks]
+        self.optimizers = [make_adam(net.parameters(), learning_rate) for net in self.networks.networks]
 
     # Randomness ---------------------------------------------------------------------------
 
@@ -112,44 +114,53 @@ class QuadraModel:
         return self.train_items(self.items_for(vectors, text), epochs)
 
     def train_items(self, items: Tensor, epochs: int) -> TrainResult:
-        """Train on prepared item vectors (B, N) for `epochs` epochs."""
-        count = items.shape[0]
+        """Train on prepared item vectors (B, N) for `epochs` epochs.
+
+        Per epoch: one forward pass of all three networks on all items (`TrioPass`, no
+        autograd), the sequential Q-walk over the precomputed losses, then, for each network
+        some item chose, its gradient written out by hand (`TrioPass.backward`; only the items
+        that chose it contribute) and its Adam step. A network no item chose keeps
+        `grad = None` and is not stepped (Adam would leave it alone anyway).
+        """
+        prepared = TrainingItems(items)
+        count = prepared.count
         start_state = state_key(float(self.field0.mean()))
-        rows = torch.arange(count)
+        q_table, generator = self.q_table, self.generator
+        # Each optimiser's parameter list is its network's parameters(), in order.
+        params = [optimizer.param_groups[0]["params"] for optimizer in self.optimizers]
+        layout = TrioLayout(params)
+        rows = np.arange(count)
         total_reward = 0.0
         loss_value = float("nan")
         action_counts = [0, 0, 0]
-        for _ in range(epochs):
-            for optimizer in self.optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            fields = self.action_fields(items)
-            losses = item_loss(fields)  # (B, 3)
-            loss_list = losses.detach().tolist()
-            mean_list = fields.detach().mean(-1).tolist()
-            explore = self.rand(count).tolist()
-            random_actions = torch.randint(0, len(ACTIONS), (count,), generator=self.generator).tolist()
+        with torch.no_grad():
+            for _ in range(epochs):
+                forward = TrioPass(params, prepared, layout)
+                fields = prepared.fields(forward.rates, layout)  # (B, 3, N)
+                losses, means = item_losses(fields)  # (B, 3) each
+                explore = torch.rand(count, generator=generator).tolist()
+                random_actions = torch.randint(0, len(ACTIONS), (count,), generator=generator).tolist()
+                chosen, total_reward = q_table.walk(
+                    start_state, losses.tolist(), means.tolist(), explore, random_actions, total_reward
+                )
 
-            chosen = []
-            state = start_state
-            for i in range(count):
-                action = self.q_table.choose(state, explore[i], random_actions[i])
-                reward = 1.0 / (1.0 + loss_list[i][action])
-                self.q_table.update(state, action, reward, start_state)
-                total_reward += reward
-                state = state_key(mean_list[i][action])
-                chosen.append(action)
-
-            epoch_loss = losses[rows, torch.tensor(chosen)].mean()
-            epoch_loss.backward()
-            for index, net in enumerate(self.networks.networks):
-                action_counts[index] += chosen.count(index)
-                if index not in chosen:
-                    # No item chose this network: it gets no gradient this epoch, and Adam
-                    # must leave it untouched (a zero gradient would still move it).
-                    for param in net.parameters():
-                        param.grad = None
-            for optimizer in self.optimizers:
-                optimizer.step()
-            loss_value = float(epoch_loss.detach())
+                chosen_actions = np.array(chosen)
+                loss_value = float(np.add.reduce(losses[rows, chosen_actions]) / np.float32(count))
+                stepped = []
+                for index in range(len(ACTIONS)):
+                    picked = chosen.count(index)
+                    action_counts[index] += picked
+                    if picked:
+                        stepped.append(index)
+                    else:
+                        # No item chose this network: it gets no gradient this epoch, and Adam
+                        # must leave it untouched (a zero gradient would still move it).
+                        for param in params[index]:
+                            param.grad = None
+                grad_rates = prepared.rate_gradients(fields, means, chosen_actions, stepped, layout, forward.steps)
+                for index, grads in zip(stepped, forward.backward(grad_rates, stepped)):
+                    for param, grad in zip(params[index], grads, strict=True):
+                        param.grad = grad
+                    adam_step(self.optimizers[index])
         reward = total_reward / epochs
         return TrainResult(reward, reward / count, loss_value, count, tuple(action_counts))  # type: ignore[arg-type]
