@@ -92,13 +92,13 @@ image: docker-check wheels
 	docker build --force-rm -t $(IMAGE) .
 	@docker image inspect -f 'image $(IMAGE): {{.Size}} bytes' $(IMAGE)
 
-# The public base images: pulled where a registry answers; where none is reachable (these
-# machines), stand-ins made from the Debian archive (quadra_pipeline_tests/deploy/standins/).
+# Every public base image the stack needs (debian:bookworm-slim, postgres:15-bookworm, the broker's
+# QUADRA_BROKER_IMAGE and the object store's QUADRA_OBJECTS_IMAGE), made once: kept when present,
+# pulled where a registry answers, and where none is reachable (these machines) built as stand-ins
+# from the Debian archive (quadra_pipeline_tests/deploy/standins/standins.sh says which and why).
 standins: docker-check
-	docker image inspect debian:bookworm-slim >/dev/null 2>&1 || docker pull -q debian:bookworm-slim >/dev/null 2>&1 \
-		|| quadra_pipeline_tests/deploy/standins/base-image.sh debian:bookworm-slim
-	docker image inspect postgres:15-bookworm >/dev/null 2>&1 || docker pull -q postgres:15-bookworm >/dev/null 2>&1 \
-		|| docker build --force-rm -t postgres:15-bookworm quadra_pipeline_tests/deploy/standins/postgres
+	@QUADRA_BROKER_IMAGE="$(QUADRA_BROKER_IMAGE)" QUADRA_OBJECTS_IMAGE="$(QUADRA_OBJECTS_IMAGE)" \
+		quadra_pipeline_tests/deploy/standins/standins.sh
 
 deploy-secrets:
 	@sh deploy/compose/make-secrets.sh $(DEPLOY_ENV)

@@ -10,6 +10,11 @@ if docker image inspect "$name" >/dev/null 2>&1; then
   echo "standins: $name exists"
   exit 0
 fi
+if [ "$(id -u)" != 0 ] || ! command -v debootstrap >/dev/null 2>&1; then
+  echo "standins: the stand-in for $name is made with debootstrap, as root: run as root with Debian's" \
+    "debootstrap installed (apt-get install debootstrap; .ci/docker-up installs it)" >&2
+  exit 1
+fi
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 security_mirror="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 rootfs="$(mktemp -d /tmp/quadra-rootfs.XXXXXX)"
