@@ -182,7 +182,7 @@ def chart_pods(merged: dict) -> dict[str, dict]:
         check_db = ([{"name": "check-db-ready", "image": image_of(postgres["image"]), "command": ["sh", "-c", "pg_isready ..."],
                       "securityContext": part["securityContext"], "resources": part.get("initContainerResources") or {}}]
                     if part.get("checkDbReadyInitContainer") else [])
-        if name == "webserver" and merged["dagster-user-deployments"]["enableSubchart"]:  # waits for each code server
+        if merged["dagster-user-deployments"]["enableSubchart"]:  # each waits for the code servers
             check_db += [{"name": f"init-user-deployment-{d['name']}", "image": image_of(merged["busybox"]["image"]),
                           "command": ["sh", "-c", f"until nslookup {d['name']}; do sleep 2; done"],
                           "securityContext": part["securityContext"], "resources": part.get("initContainerResources") or {}}
