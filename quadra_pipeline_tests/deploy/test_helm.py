@@ -310,9 +310,9 @@ def file_source(pod: dict, container: dict, path: str) -> tuple[dict, str] | Non
     for mount in container.get("volumeMounts") or []:
         root = PurePosixPath(mount["mountPath"])
         target = PurePosixPath(path)
-        if target == root or root in target.parents:
-            if best is None or len(root.parts) > len(PurePosixPath(best[0]["mountPath"]).parts):
-                best = (mount, str(target.relative_to(root)))
+        inside = target == root or root in target.parents
+        if inside and (best is None or len(root.parts) > len(PurePosixPath(best[0]["mountPath"]).parts)):
+            best = (mount, str(target.relative_to(root)))
     if best is None:
         return None
     mount, inside = best
@@ -361,9 +361,9 @@ def pod_problems(pod: dict) -> list[str]:
                 found.append(f"{where}: takes the variables of secret {source['secretRef'].get('name')} (envFrom)")
         for variable in env:
             found += [f"{where}: {p}" for p in env_problems(variable)]
-            if (variable["name"].endswith("_FILE") or variable["name"] in FILE_VARIABLES) and "value" in variable:
-                if file_source(pod, container, variable["value"]) is None:
-                    found.append(f"{where}: {variable['name']}={variable['value']} is on no volume of the container")
+            names_a_file = variable["name"].endswith("_FILE") or variable["name"] in FILE_VARIABLES
+            if names_a_file and "value" in variable and file_source(pod, container, variable["value"]) is None:
+                found.append(f"{where}: {variable['name']}={variable['value']} is on no volume of the container")
     return found
 
 
@@ -620,7 +620,6 @@ def test_a_wrong_job_config_fails(part, change, why):
 
 
 def test_each_jobs_run_pod_as_dagster_k8s_builds_it_is_a_valid_job(merged):
-    config = run_config()
     for name, tag in [("run (no tag)", None), *job_tags().items()]:
         job = run_job(merged, tag)
         for version in KUBERNETES_VERSIONS:
