@@ -44,6 +44,7 @@ COPY --from=build /opt/venv /opt/venv
 COPY deploy/compose/dagster.yaml /opt/dagster/home/dagster.yaml
 COPY deploy/compose/workspace.yaml /opt/dagster/app/workspace.yaml
 COPY deploy/compose/mlflow-server.sh /opt/quadra/mlflow-server.sh
+COPY deploy/compose/db-init/ /opt/quadra/db-init/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -8,7 +8,7 @@ PIP_OPTIONS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run dev mlflow-ui dagster-home test bench clean-venv docker-check wheels image standins deploy-secrets deploy-up deploy-down deploy-test
+.PHONY: install run dev mlflow-ui dagster-home test bench clean-venv docker-check wheels image standins deploy-secrets docker-group deploy-up deploy-down deploy-test
 
 install: $(STAMP)
 
@@ -67,8 +67,11 @@ clean-venv:
 
 # The container deployment (deploy/compose/, README "Deployment"). One image for every role.
 IMAGE ?= quadra-pipeline:local
-DEPLOY_ENV ?= deploy/.env
-COMPOSE = docker compose --project-directory deploy/compose --env-file $(DEPLOY_ENV) -f deploy/compose/compose.yaml
+# The stack's secrets: one file each, a folder per identity (make deploy-secrets). Absolute: the
+# run launcher mounts its identity folders into each run's container by their host path.
+QUADRA_SECRETS_DIR ?= $(CURDIR)/deploy/secrets
+export QUADRA_SECRETS_DIR
+COMPOSE = docker compose --project-directory deploy/compose -f deploy/compose/compose.yaml
 # The same sources give the same project wheel: its timestamps come from the commit (only for
 # the wheel build; apt's layers are not bit-for-bit reproducible).
 WHEEL_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 315532800)
@@ -88,7 +91,7 @@ wheels: $(STAMP)
 	SOURCE_DATE_EPOCH=$(WHEEL_EPOCH) $(BIN)/python -m pip wheel --quiet --disable-pip-version-check $(PIP_OPTIONS) -c constraints.txt -w build/wheels/deps '.[deploy]'
 	mkdir -p build/wheels/project && mv build/wheels/deps/quadra_pipeline-*.whl build/wheels/project/
 
-image: docker-check wheels
+image: docker-check standins wheels
 	docker build --force-rm -t $(IMAGE) .
 	@docker image inspect -f 'image $(IMAGE): {{.Size}} bytes' $(IMAGE)
 
@@ -100,20 +103,33 @@ standins: docker-check
 	@QUADRA_BROKER_IMAGE="$(QUADRA_BROKER_IMAGE)" QUADRA_OBJECTS_IMAGE="$(QUADRA_OBJECTS_IMAGE)" \
 		quadra_pipeline_tests/deploy/standins/standins.sh
 
-deploy-secrets:
-	@sh deploy/compose/make-secrets.sh $(DEPLOY_ENV)
+# deploy/secrets/ (QUADRA_SECRETS_DIR): made once, completed by an upgrade, never overwritten; an
+# older stack's deploy/.env is taken over. Each folder then belongs to the user its container runs as.
+deploy-secrets: $(STAMP) standins
+	$(BIN)/python deploy/compose/make_secrets.py --dir "$(QUADRA_SECRETS_DIR)"
+	@sh deploy/compose/own-secrets.sh "$(QUADRA_SECRETS_DIR)"
 
-deploy-up: deploy-secrets image
-	DOCKER_GID=$$(stat -c %g /var/run/docker.sock) QUADRA_IMAGE=$(IMAGE) $(COMPOSE) up -d --wait --wait-timeout 600
+# The Docker socket's own group for the daemon (never the root group, unless DOCKER_GID says so).
+DOCKER_SOCKET ?= /var/run/docker.sock
+DOCKER_GID ?= $(shell stat -c %g $(DOCKER_SOCKET) 2>/dev/null)
+export DOCKER_GID
+docker-group:
+	@[ -n "$(DOCKER_GID)" ] || { echo "deploy: cannot find the group of $(DOCKER_SOCKET); set DOCKER_GID to it" >&2; exit 1; }
+	@[ "$(DOCKER_GID)" != 0 ] || [ "$(origin DOCKER_GID)" = "command line" ] || [ "$(origin DOCKER_GID)" = "environment" ] || { \
+		echo "deploy: $(DOCKER_SOCKET) belongs to the root group (gid 0): the daemon would get the root group. Give the" >&2; \
+		echo "socket a group of its own (groupadd docker; chgrp docker $(DOCKER_SOCKET)) or set DOCKER_GID=0 knowingly" >&2; exit 1; }
+
+deploy-up: deploy-secrets image docker-group
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) up -d --wait --wait-timeout 600
 	@$(COMPOSE) ps --format 'table {{.Service}}\t{{.Status}}'
-	@echo "Dagster UI: http://127.0.0.1:$${DAGSTER_PORT:-3000}   MLflow UI: http://127.0.0.1:$${MLFLOW_PORT:-5000} (user admin, password MLFLOW_ADMIN_PASSWORD in $(DEPLOY_ENV))"
+	@echo "Dagster UI: http://127.0.0.1:$${DAGSTER_PORT:-3000}   MLflow UI: http://127.0.0.1:$${MLFLOW_PORT:-5000} (user admin, its password in $(QUADRA_SECRETS_DIR)/mlflow/admin_password)"
 
 deploy-down:
-	DOCKER_GID=0 $(COMPOSE) down
+	DOCKER_GID=$${DOCKER_GID:-0} $(COMPOSE) down
 
 # The end-to-end test of the stack (quadra_pipeline_tests/deploy/test_stack.py): stand-ins,
 # image, up, a training run in its own container, the registry through MLflow's API, a backup,
 # verify, the restore drill, down and up again; then faults on the running stack
 # (test_stack_faults.py); then everything it made is removed.
 deploy-test: docker-check standins $(STAMP)
-	QUADRA_DEPLOY_TEST=1 $(BIN)/python -m pytest -p no:cacheprovider quadra_pipeline_tests/deploy/test_stack.py quadra_pipeline_tests/deploy/test_stack_faults.py $(PYTEST_ARGS)
+	QUADRA_DEPLOY_TEST=1 $(BIN)/python -m pytest -p no:cacheprovider quadra_pipeline_tests/deploy/test_standins.py quadra_pipeline_tests/deploy/test_stack.py quadra_pipeline_tests/deploy/test_stack_faults.py $(PYTEST_ARGS)

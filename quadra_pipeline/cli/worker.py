@@ -22,19 +22,30 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--concurrency", type=_positive, default=1, help="steps run at once (processes; default 1)")
     parser.add_argument("--name", default=None, help="the worker's node name (default: quadra@<host name>)")
     parser.add_argument("--loglevel", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--ping", action="store_true",
+                        help="do not run a worker: ask the worker of this name (default: this host's) to answer "
+                        "through the broker; exit 0 if it does within 10 s (a health check)")
     parser.set_defaults(handler=run_worker)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     from ..defs.runs.celery import QUEUES, worker_app
+    from ._common import CommandError
 
     app = worker_app()
+    name = args.name or f"quadra@{socket.gethostname()}"
+    if args.ping:
+        answers = app.control.ping(destination=[name], timeout=10)
+        if not answers:
+            raise CommandError(f"worker {name} did not answer through the broker within 10 s")
+        print(f"worker {name}: ok")
+        return 0
     argv = [
         "worker",
         "--queues", args.queues or ",".join(QUEUES),
         "--concurrency", str(args.concurrency),
         "--pool", "prefork",
-        "--hostname", args.name or f"quadra@{socket.gethostname()}",
+        "--hostname", name,
         "--loglevel", args.loglevel,
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]

@@ -25,6 +25,9 @@ SWEEP_TAG = "quadra/sweep"  # dagster.yaml: one sweep at a time
 # A job so tagged keeps its steps in its run's process whatever QUADRA_RUN_EXECUTOR says (it
 # needs the volumes of the host its run was launched on).
 STEPS_IN_RUN_PROCESS_TAG = "quadra/steps-in-run-process"
+# Which secrets a job's runs hold (the Compose stack's run launcher; Kubernetes: per-job config):
+# "training" (the default: training, sweeps, promotion) or "backup".
+IDENTITY_TAG = "quadra/identity"
 
 
 class MissingUpstreamError(Exception):

@@ -4,10 +4,13 @@ would otherwise only show on a production host."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +19,33 @@ from quadra_pipeline.keys import load_pair
 from quadra_pipeline_tests.defs.conftest import REPO_ROOT
 
 COMPOSE_DIR = REPO_ROOT / "deploy" / "compose"
-SERVICES = ("postgres", "mlflow", "code", "webserver", "daemon")
+LONG_RUNNING = ("postgres", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker")
+ONE_SHOT = ("db-init",)
+TOOLS = ("backup",)  # `docker compose --profile tools run --rm backup ...`
+#: Who holds which secret files (README, "Deployment": the table), by the name it reads them as.
+IDENTITIES = {
+    "postgres": {"postgres_password"},
+    "db-init": {"postgres_password", "dagster_password", "quadra_password", "mlflow_password", "backup_password",
+                "catalogue_password", "aliases_password", "database_url"},
+    "broker": {"/etc/rabbitmq/conf.d/20-quadra.conf"},
+    "objects": {"s3.json"},
+    "mlflow": {"backend_store_uri", "admin_password", "flask_secret_key", "pipeline_password", "reader_password",
+               "aws_credentials"},
+    "code": {"dagster.pgpass", "database_url", "mlflow_password", "aws_credentials"},
+    "webserver": {"dagster.pgpass", "aws_credentials"},
+    "daemon": {"dagster.pgpass"},
+    "worker": {"dagster.pgpass", "database_url", "mlflow_password", "model_signing_key", "celery_broker_url",
+               "aws_credentials"},
+    "backup": {"dagster.pgpass", "database_url", "backup_database_url", "mlflow_backend_uri", "backup_signing_key",
+               "secret_key", "aws_credentials"},
+}
+RUN_IDENTITIES = {
+    "training": {"dagster.pgpass", "database_url", "mlflow_password", "model_signing_key", "celery_broker_url",
+                 "aws_credentials"},
+    "backup": {"dagster.pgpass", "database_url", "backup_database_url", "mlflow_backend_uri", "backup_signing_key",
+               "secret_key", "aws_credentials"},
+}
+SECRET_WORDS = re.compile(r"PASSWORD|SECRET|PRIVATE|TOKEN|_KEY$|DATABASE_URL$|BACKEND_URI$|BROKER_URL$")
 
 
 @pytest.fixture(scope="module")
@@ -29,25 +58,43 @@ def instance() -> dict:
     return yaml.safe_load((COMPOSE_DIR / "dagster.yaml").read_text())
 
 
-def required_variables() -> set[str]:
-    """Every variable compose.yaml refuses to start without (`${NAME:?...}`)."""
-    return set(re.findall(r"\$\{([A-Z0-9_]+):\?", (COMPOSE_DIR / "compose.yaml").read_text()))
+@pytest.fixture(scope="module")
+def secrets_dir(tmp_path_factory) -> Path:
+    """What `make deploy-secrets` writes (its ownership step needs Docker and is left out)."""
+    folder = tmp_path_factory.mktemp("secrets") / "secrets"
+    made = subprocess.run([sys.executable, str(COMPOSE_DIR / "make_secrets.py"), "--dir", str(folder),
+                           "--from-env", str(folder.parent / "no-old-env")], capture_output=True, text=True, check=True)
+    assert "file(s) made" in made.stdout
+    return folder
+
+
+def held(service: dict) -> set[str]:
+    return {s["target"] if isinstance(s, dict) else s for s in service.get("secrets", [])}
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment", {})
+    return {k: str(v) for k, v in env.items()} if isinstance(env, dict) else dict(e.split("=", 1) for e in env)
 
 
 def test_every_service_has_a_health_check_a_restart_policy_and_waits_on_health(compose):
     services = compose["services"]
-    assert set(services) == set(SERVICES)
-    for name, service in services.items():
+    assert set(services) == set(LONG_RUNNING) | set(ONE_SHOT) | set(TOOLS)
+    assert all(services[name]["profiles"] == ["tools"] for name in TOOLS)  # never started by `up`
+    for name in LONG_RUNNING:
+        service = services[name]
         assert service["healthcheck"]["test"], name
         assert service["restart"] == "unless-stopped", name
+    for name, service in services.items():
         for dependency, condition in service.get("depends_on", {}).items():
-            assert condition == {"condition": "service_healthy"}, (name, dependency)
-    checks = {name: " ".join(s["healthcheck"]["test"]) for name, s in services.items()}
-    assert "pg_isready" in checks["postgres"]
-    assert "/health" in checks["mlflow"]
-    assert "grpc-health-check" in checks["code"]
-    assert "/server_info" in checks["webserver"]
-    assert "liveness-check" in checks["daemon"]
+            wanted = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            assert condition == {"condition": wanted}, (name, dependency)
+    assert services["db-init"]["restart"] == "no" and services["backup"]["restart"] == "no"
+    checks = {name: " ".join(services[name]["healthcheck"]["test"]) for name in LONG_RUNNING}
+    assert "pg_isready" in checks["postgres"] and "rabbitmq-diagnostics" in checks["broker"]
+    assert "/health" in checks["mlflow"] and "/run/quadra/ready" in checks["mlflow"]  # healthy once its users exist
+    assert "grpc-health-check" in checks["code"] and "/server_info" in checks["webserver"]
+    assert "liveness-check" in checks["daemon"] and "worker --ping" in checks["worker"]
 
 
 def test_published_ports_bind_to_loopback_by_default(compose):
@@ -58,41 +105,70 @@ def test_published_ports_bind_to_loopback_by_default(compose):
             assert re.fullmatch(r"\$\{[A-Z]+_BIND:-127\.0\.0\.1\}:\$\{[A-Z]+_PORT:-\d+\}:\d+", port), (name, port)
 
 
-def test_secrets_are_required_never_defaulted_and_never_on_a_command_line(compose):
-    text = (COMPOSE_DIR / "compose.yaml").read_text()
-    required = required_variables()
-    assert {"POSTGRES_PASSWORD", "DAGSTER_DB_PASSWORD", "QUADRA_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD",
-            "MLFLOW_FLASK_SERVER_SECRET_KEY", "QUADRA_SECRET_KEY", "QUADRA_MODEL_SIGNING_KEY", "QUADRA_BACKUP_SIGNING_KEY"} <= required
-    for name in required:
-        assert f"${{{name}:-" not in text and f"${{{name}-" not in text, f"{name} has a default"
-    # Each refusal says what to do.
-    assert len(re.findall(r":\?deploy/\.env must set [A-Z0-9_]+ \(make deploy-secrets\)\}", text)) == text.count(":?")
+def test_no_secret_is_in_an_environment_or_on_a_command_line(compose, instance):
+    """Every secret reaches its process as a file: the only secret-looking variables are the
+    `*_FILE` ones, naming files under /run/secrets; no command holds a value."""
     for name, service in compose["services"].items():
-        command = " ".join(service.get("command", []) if isinstance(service.get("command"), list) else [service.get("command") or ""])
-        assert "$" not in command and "PASSWORD" not in command.upper(), (name, command)
-    mlflow = compose["services"]["mlflow"]["environment"]
+        for variable, value in environment(service).items():
+            if variable.endswith("_FILE"):
+                assert value.startswith("/run/secrets/") and value.rsplit("/", 1)[1] in held(service), (name, variable)
+            else:
+                assert not SECRET_WORDS.search(variable) or variable == "QUADRA_SECRETS_HOST_DIR", (name, variable)  # a path
+                assert "@" not in value or value.startswith("quadra@"), (name, variable)
+        command = service.get("command") or []
+        assert "$" not in " ".join(command) and "PASSWORD" not in " ".join(command).upper(), name
+    for identity, spec in instance["run_launcher"]["config"]["identities"].items():
+        for variable, value in spec["env"].items():
+            assert variable.endswith("_FILE") and value.startswith("/run/secrets/") or not SECRET_WORDS.search(variable), variable
+    assert "password" not in yaml.safe_dump(instance["storage"]).lower().replace("passfile", "")
+    mlflow = environment(compose["services"]["mlflow"])
     assert "*" not in mlflow["MLFLOW_SERVER_ALLOWED_HOSTS"] and "*" not in mlflow["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"]
     script = (COMPOSE_DIR / "mlflow-server.sh").read_text()
-    assert "--app-name basic-auth" in script and "--backend-store-uri" not in script  # the URL (with its password) stays in the environment
+    assert "--app-name basic-auth" in script and "--backend-store-uri" not in script
+    assert "quadra_pipeline.registry.access" in script  # the pipeline's own, non-admin MLflow users
 
 
-def test_runs_get_every_variable_they_need_from_the_daemon(compose, instance):
+def test_each_service_holds_exactly_its_identitys_secrets(compose):
+    assert {name: held(service) for name, service in compose["services"].items() if held(service)} == IDENTITIES
+    # No Dagster process but the daemon holds the Docker socket; no container holds a signing
+    # key but the worker (training identity); the MLflow admin password lives in MLflow alone.
+    sockets = {name for name, s in compose["services"].items() if any("docker.sock" in v for v in s.get("volumes", []))}
+    assert sockets == {"daemon"}
+    assert [n for n, s in IDENTITIES.items() if "admin_password" in s] == ["mlflow"]
+    assert [n for n, s in IDENTITIES.items() if "model_signing_key" in s] == ["worker"]
+    assert [n for n, s in IDENTITIES.items() if "backup_signing_key" in s] == ["backup"]
+    # The socket's own group, never the root group by default: make deploy-up sets it, or refuses.
+    assert compose["services"]["daemon"]["group_add"] == ["${DOCKER_GID:?make deploy-up sets DOCKER_GID to the group of /var/run/docker.sock}"]
+
+
+def test_every_secret_file_compose_names_is_one_make_deploy_secrets_writes(compose, secrets_dir):
+    for name, spec in compose["secrets"].items():
+        relative = spec["file"].split("}/", 1)[1]
+        assert spec["file"].startswith("${QUADRA_SECRETS_DIR:-../secrets}/"), name
+        assert (secrets_dir / relative).is_file(), f"compose's secret {name} names {relative}, which make deploy-secrets does not write"
+
+
+def test_runs_get_only_their_jobs_secrets_and_every_variable_they_need(compose, instance, secrets_dir):
     launcher = instance["run_launcher"]
-    assert (launcher["module"], launcher["class"]) == ("dagster_docker", "DockerRunLauncher")
-    daemon_env = set(compose["services"]["daemon"]["environment"])
-    code_env = set(compose["services"]["code"]["environment"])
-    forwarded = set(launcher["config"]["env_vars"])
+    assert (launcher["module"], launcher["class"]) == ("quadra_pipeline.instance.docker_run_launcher", "QuadraDockerRunLauncher")
+    config = launcher["config"]
+    daemon_env = set(environment(compose["services"]["daemon"]))
+    forwarded = set(config["env_vars"])
     assert forwarded <= daemon_env, f"forwarded to runs but not set on the daemon: {sorted(forwarded - daemon_env)}"
-    # ...and every setting the stack gives its code reaches the runs, where the work happens.
     settings = set(compose["x-quadra-env"]) | set(compose["x-dagster-env"])
     assert settings <= forwarded, f"set for the stack but never passed to a run: {sorted(settings - forwarded)}"
-    assert forwarded <= code_env
-    # The network and volumes the launcher names are the stack's (fixed names, not project-prefixed).
-    assert compose["networks"]["default"]["name"] == launcher["config"]["network"]
-    named = {v["name"] for v in compose["volumes"].values()}
-    mounted = {spec.split(":")[0] for spec in launcher["config"]["container_kwargs"]["volumes"]}
-    assert mounted <= named
-    assert "DAGSTER_CURRENT_IMAGE" in code_env
+    for identity, files in RUN_IDENTITIES.items():
+        present = {p.name for p in (secrets_dir / identity).iterdir()}
+        assert present == files, identity
+        named = {value.rsplit("/", 1)[1] for variable, value in config["identities"][identity]["env"].items() if variable.endswith("_FILE")}
+        assert named <= present, identity
+    assert [v for v in config["identities"]["training"]["volumes"] if "backups" in v] == []  # only backups see backups
+    assert "quadra-backups:/backups" in config["identities"]["backup"]["volumes"]
+    assert compose["networks"]["default"]["name"] == config["network"]
+    named_volumes = {v["name"] for v in compose["volumes"].values()}
+    for identity in config["identities"].values():
+        assert {spec.split(":")[0] for spec in identity.get("volumes", [])} <= named_volumes
+    assert "DAGSTER_CURRENT_IMAGE" in environment(compose["services"]["code"])
 
 
 def test_the_stack_keeps_the_development_instance_rules(instance):
@@ -100,59 +176,114 @@ def test_the_stack_keeps_the_development_instance_rules(instance):
     for key in ("run_coordinator", "concurrency", "run_monitoring", "run_retries"):
         assert instance[key] == development[key], key
     assert "postgres" in instance["storage"]
+    assert instance["compute_logs"]["class"] == "S3ComputeLogManager"  # step output outlives the removed containers
 
 
-def test_the_image_context_holds_only_wheels_and_three_deployment_files():
+def test_the_image_context_holds_only_wheels_and_the_deployment_files_it_runs():
     rules = [line for line in (REPO_ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert rules[0] == "*"
     assert sorted(rules[1:]) == sorted(["!build/wheels/deps/*.whl", "!build/wheels/project/*.whl",
                                         "!deploy/compose/dagster.yaml", "!deploy/compose/workspace.yaml",
-                                        "!deploy/compose/mlflow-server.sh"])
+                                        "!deploy/compose/mlflow-server.sh", "!deploy/compose/db-init/*"])
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "# syntax" not in dockerfile  # BuildKit would pull that frontend image
     assert "USER quadra" in dockerfile and "PIP_NO_INDEX=1" in dockerfile and "postgresql-client-15" in dockerfile
 
 
-def test_make_deploy_secrets_writes_every_required_secret_once_mode_600(tmp_path):
-    target = tmp_path / "deploy.env"
-    made = subprocess.run(["sh", str(COMPOSE_DIR / "make-secrets.sh"), str(target)], capture_output=True, text=True, check=True)
-    assert "wrote" in made.stdout
-    assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    values = dict(line.split("=", 1) for line in target.read_text().splitlines() if line and not line.startswith("#"))
-    values = {k: v.strip("'") for k, v in values.items()}
-    assert required_variables() <= set(values), f"compose needs {sorted(required_variables() - set(values))}"
-    assert all(len(v) >= 48 for k, v in values.items() if not k.endswith("SIGNING_KEY"))
-    assert len(set(values.values())) == len(values)  # fresh, distinct values
-    # The keys load as the settings load them (PEM with \n escapes): P-256 for models, Ed25519 for backups.
-    model = load_pair("ec-p256", private_text=values["QUADRA_MODEL_SIGNING_KEY"], private_file=None, public_text=None,
+def test_make_deploy_secrets_writes_every_secret_once_mode_600(secrets_dir):
+    files = sorted(p for p in secrets_dir.rglob("*") if p.is_file())
+    assert len(files) >= 35
+    assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in secrets_dir.iterdir() if p.is_dir())
+    passwords = [p.read_text() for p in files if p.name.endswith("_password") and p.parent.name == "db-init"]
+    assert len(set(passwords)) == len(passwords) and all(len(p) >= 48 for p in passwords)
+    # The copies agree: the pipeline's MLflow password is the one MLflow makes its user with...
+    assert (secrets_dir / "training" / "mlflow_password").read_text() == (secrets_dir / "mlflow" / "pipeline_password").read_text()
+    assert (secrets_dir / "code" / "mlflow_password").read_text() == (secrets_dir / "mlflow" / "reader_password").read_text()
+    # ...each role's URL carries the password its role is made with, and the broker URL the broker's user.
+    quadra = (secrets_dir / "db-init" / "quadra_password").read_text()
+    assert f"quadra:{quadra}@postgres:5432/quadra" in (secrets_dir / "training" / "database_url").read_text()
+    backup = (secrets_dir / "db-init" / "backup_password").read_text()
+    assert f"quadra_backup:{backup}@" in (secrets_dir / "backup" / "backup_database_url").read_text()
+    broker = dict(line.split(" = ") for line in (secrets_dir / "broker" / "20-quadra.conf").read_text().splitlines())
+    assert f"{broker['default_user']}:{broker['default_pass']}@broker:5672" in (secrets_dir / "training" / "celery_broker_url").read_text()
+    # S3 identities: each scoped to its buckets; the training identity's key is the one in its credentials file.
+    identities = {i["name"]: i for i in json.loads((secrets_dir / "objects" / "s3.json").read_text())["identities"]}
+    assert "Write:quadra-mlflow" not in identities["quadra-training"]["actions"]
+    assert all(not a.startswith("Write") for a in identities["quadra-webserver"]["actions"])
+    assert identities["quadra-training"]["credentials"][0]["secretKey"] in (secrets_dir / "training" / "aws_credentials").read_text()
+    # The keys load as the settings load them: P-256 for models, Ed25519 for backups.
+    model = load_pair("ec-p256", private_text=None, private_file=secrets_dir / "training" / "model_signing_key", public_text=None,
                       public_file=None, names=("QUADRA_MODEL_SIGNING_KEY", "QUADRA_MODEL_VERIFY_KEY"))
-    backup = load_pair("ed25519", private_text=values["QUADRA_BACKUP_SIGNING_KEY"], private_file=None, public_text=None,
-                       public_file=None, names=("QUADRA_BACKUP_SIGNING_KEY", "QUADRA_BACKUP_VERIFY_KEY"))
-    assert model.can_sign and backup.can_sign
-    # An existing file is never replaced.
-    before = target.read_bytes()
-    again = subprocess.run(["sh", str(COMPOSE_DIR / "make-secrets.sh"), str(target)], capture_output=True, text=True, check=True)
-    assert "exists" in again.stdout and target.read_bytes() == before
+    backup_key = load_pair("ed25519", private_text=None, private_file=secrets_dir / "backup" / "backup_signing_key",
+                           public_text=None, public_file=None, names=("QUADRA_BACKUP_SIGNING_KEY", "QUADRA_BACKUP_VERIFY_KEY"))
+    assert model.can_sign and backup_key.can_sign
 
 
-def test_the_secrets_file_is_never_committed():
-    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/.env"], cwd=REPO_ROOT)
-    assert ignored.returncode == 0
-    assert not (REPO_ROOT / "deploy" / ".env").exists() or os.environ.get("CI") != "true"
+def test_make_deploy_secrets_keeps_what_exists_and_completes_an_upgrade(tmp_path, secrets_dir):
+    import shutil
+
+    folder = tmp_path / "secrets"
+    shutil.copytree(secrets_dir, folder)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    (folder / "training" / "celery_broker_url").unlink()  # a file a newer version added
+    again = subprocess.run([sys.executable, str(COMPOSE_DIR / "make_secrets.py"), "--dir", str(folder),
+                            "--from-env", str(tmp_path / "none")], capture_output=True, text=True, check=True)
+    assert "1 file(s) made" in again.stdout
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # the same broker password again
+
+
+def test_make_deploy_secrets_takes_over_an_older_stacks_env_file(tmp_path):
+    """The stack before secrets-as-files kept them in deploy/.env: its passwords (which the
+    database already holds) and keys move into the files."""
+    from quadra_pipeline.keys import generate
+
+    model_pem = generate("ec-p256").private_pem.decode().replace("\n", "\\n")
+    old = tmp_path / "old.env"
+    old.write_text("# old\nPOSTGRES_PASSWORD=pg-old-password\nQUADRA_DB_PASSWORD=quadra-old-password\n"
+                   f"QUADRA_MODEL_SIGNING_KEY='{model_pem}'\nMLFLOW_ADMIN_PASSWORD=admin-old\n")
+    done = subprocess.run([sys.executable, str(COMPOSE_DIR / "make_secrets.py"), "--dir", str(tmp_path / "s"), "--from-env", str(old)],
+                          capture_output=True, text=True, check=True)
+    assert "took the secrets of" in done.stdout and "delete" in done.stdout
+    assert "lacks" in done.stderr and "DAGSTER_DB_PASSWORD" in done.stderr  # what had to be made fresh, said
+    assert (tmp_path / "s" / "postgres" / "postgres_password").read_text() == "pg-old-password"
+    assert "quadra:quadra-old-password@" in (tmp_path / "s" / "training" / "database_url").read_text()
+    assert (tmp_path / "s" / "mlflow" / "admin_password").read_text() == "admin-old"
+    assert (tmp_path / "s" / "training" / "model_signing_key").read_text() == model_pem.replace("\\n", "\n")
+
+
+def test_the_secrets_are_never_committed():
+    for path in ("deploy/secrets/training/database_url", "deploy/.env"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO_ROOT).returncode == 0, path
 
 
 def test_make_deploy_test_without_docker_says_so_and_fails(tmp_path):
     """A machine where Docker does not answer: the deployment targets stop at once, saying why."""
-    environment = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
-    done = subprocess.run(["make", "--no-print-directory", "docker-check"], cwd=REPO_ROOT, env=environment,
+    environment_ = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    done = subprocess.run(["make", "--no-print-directory", "docker-check"], cwd=REPO_ROOT, env=environment_,
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert "Docker is not available here" in done.stderr
 
 
-def test_make_deploy_secrets_without_openssl_writes_nothing(tmp_path):
-    target = tmp_path / "deploy.env"
-    made = subprocess.run(["/bin/sh", str(COMPOSE_DIR / "make-secrets.sh"), str(target)], capture_output=True, text=True,
-                          env={"PATH": str(tmp_path / "no-tools-here")})
-    assert made.returncode != 0 and "openssl is needed" in made.stderr
-    assert not target.exists() and list(tmp_path.iterdir()) == []
+def test_the_daemon_never_gets_the_root_group_by_default(tmp_path):
+    """`make deploy-up` gives the daemon the Docker socket's own group; a socket of the root group
+    stops it with what to do (an explicit DOCKER_GID=0 is the user's own choice); no socket, too."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_GID", "MAKEFLAGS")}
+
+    def docker_group(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "--no-print-directory", "docker-group", *args], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True)
+
+    root_group_file = Path("/etc/passwd")  # stands for a socket whose group is root's
+    assert root_group_file.stat().st_gid == 0
+    refused = docker_group(f"DOCKER_SOCKET={root_group_file}")
+    assert refused.returncode != 0 and "belongs to the root group (gid 0)" in refused.stderr
+    assert docker_group(f"DOCKER_SOCKET={root_group_file}", "DOCKER_GID=0").returncode == 0  # said explicitly
+    missing = docker_group(f"DOCKER_SOCKET={tmp_path / 'no.sock'}")
+    assert missing.returncode != 0 and "cannot find the group of" in missing.stderr
+    own = tmp_path / "own.sock"
+    own.touch()
+    if own.stat().st_gid != 0:
+        assert docker_group(f"DOCKER_SOCKET={own}").returncode == 0

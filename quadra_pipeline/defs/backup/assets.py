@@ -13,7 +13,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..common import CHAMPION, METRICS, MODEL, OWNER, REGISTERED, STEPS_IN_RUN_PROCESS_TAG, SYSTEM_STATE
+from ..common import (
+    CHAMPION,
+    IDENTITY_TAG,
+    METRICS,
+    MODEL,
+    OWNER,
+    REGISTERED,
+    STEPS_IN_RUN_PROCESS_TAG,
+    SYSTEM_STATE,
+)
 from ..resources import DataHome, StoreResource
 
 BACKUP = dg.AssetKey("backup")
@@ -104,7 +113,8 @@ backup_job = dg.define_asset_job(
     partitions_def=hourly_partitions,
     # The backup reads the data home and writes the repository on the volumes of the host its
     # run was launched on: a Celery worker host has neither, so its step stays in the run.
-    tags={BACKUP_TAG: "true", STEPS_IN_RUN_PROCESS_TAG: "true"},
+    # Its run holds the backup identity's secrets only (the Compose stack's run launcher).
+    tags={BACKUP_TAG: "true", STEPS_IN_RUN_PROCESS_TAG: "true", IDENTITY_TAG: "backup"},
     description="Back up everything needed to recover, for one hour's partition.",
 )
 
