@@ -13,7 +13,7 @@ compares the trials side by side.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from .store import (
     start_training_run,
 )
 from .tracking import MetricLogger, ProgressLog, complete_mlflow_run
-from .training import TrainingConfig, TrainingError, TrainingOutcome, run_training
+from .training import BatchCallback, TrainingConfig, TrainingError, TrainingOutcome, run_training
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def train_tracked(
     save_state: bool = False,
     accept: Callable[[TrainingOutcome], None] | None = None,
     on_checkpoint: Callable[[Path, str, int], None] | None = None,
+    on_batch: Sequence[BatchCallback] = (),
 ) -> TrackedRun:
     """Train `training` into `out_dir`, recording it in SQL and in a new MLflow run.
 
@@ -118,7 +119,7 @@ def train_tracked(
             training,
             out_dir,
             resume=resume_from,
-            on_batch=[logger, ProgressLog(say, training.batches, training.rows_per_batch, log_every)],
+            on_batch=[logger, ProgressLog(say, training.batches, training.rows_per_batch, log_every), *on_batch],
             on_checkpoint=lambda path, sha, done: _checkpointed(path, sha, done, say, on_checkpoint),
             origin={**(origin or {}), "mlflow_run_id": mlflow_run_id},
         )

@@ -28,6 +28,20 @@ STEPS_IN_RUN_PROCESS_TAG = "quadra/steps-in-run-process"
 # Which secrets a job's runs hold (the Compose stack's run launcher; Kubernetes: per-job config):
 # "training" (the default: training, sweeps, promotion) or "backup".
 IDENTITY_TAG = "quadra/identity"
+#: Each identity's run-pod config on Kubernetes (dagster-k8s/config), checked against the
+#: Kubernetes schemas by quadra_pipeline_tests/deploy/test_helm.py.
+RUN_K8S_CONFIG = Path(__file__).with_name("run_k8s_config.json")
+
+
+def identity_tags(identity: str) -> dict[str, str]:
+    """The tags that give a job's runs `identity`'s secrets and nothing else: the Compose stack's
+    run launcher reads `quadra/identity`, Dagster's K8sRunLauncher `dagster-k8s/config`."""
+    import json
+
+    config = json.loads(RUN_K8S_CONFIG.read_text())
+    if identity not in config["identities"]:
+        raise ValueError(f"unknown identity {identity!r} (run_k8s_config.json has {', '.join(sorted(config['identities']))})")
+    return {IDENTITY_TAG: identity, "dagster-k8s/config": json.dumps(config["identities"][identity], sort_keys=True)}
 
 
 class MissingUpstreamError(Exception):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .common import CHAMPION, CORPUS, SWEEP, SWEEP_REGISTERED, SWEEP_TAG, TRAINING_TAG
+from .common import CHAMPION, CORPUS, SWEEP, SWEEP_REGISTERED, SWEEP_TAG, TRAINING_TAG, identity_tags
 
 training_job = dg.define_asset_job(
     name="training_job",
     selection=dg.AssetSelection.groups("data", "training", "evaluation", "registry"),
     description="Corpus snapshot -> trained model (+ metrics, state) -> evaluation -> registered version -> champion.",
-    tags={TRAINING_TAG: "true"},
+    tags={TRAINING_TAG: "true", **identity_tags("training")},
 )
 
 sweep_job = dg.define_asset_job(
@@ -24,7 +24,7 @@ sweep_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(CORPUS, SWEEP, SWEEP_REGISTERED, CHAMPION),
     description="Corpus snapshot -> hyperparameter sweep (a trial per point of the search space, fanned out to the "
     "workers) -> the best trial as a registered version -> champion, through the same gate.",
-    tags={SWEEP_TAG: "true"},
+    tags={SWEEP_TAG: "true", **identity_tags("training")},
 )
 
 @dg.schedule(

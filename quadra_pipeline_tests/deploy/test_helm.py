@@ -9,7 +9,7 @@ kind/k3s, no helm binary; nothing is applied or rendered).
   field by field (strictly: an unknown field is refused, as the API server's strict field
   validation does). The user deployments are also checked against the subchart's schema.
 - Every manifest against the API server's schema for its kind (kubernetes-validate, strict).
-- Each job's `dagster-k8s/config` (deploy/helm/run-k8s-config.json) against the Kubernetes types,
+- Each job's `dagster-k8s/config` (quadra_pipeline/defs/run_k8s_config.json) against the Kubernetes types,
   through dagster-k8s itself, and as the run pod's Job that dagster-k8s builds from it and the run
   launcher's config: validated as a batch/v1 Job.
 - The identity split: which pod holds which secret, secrets only as files, pods non-root with a
@@ -29,7 +29,8 @@ import jsonschema
 import pytest
 import yaml
 
-from quadra_pipeline_tests.defs.conftest import REPO_ROOT
+from quadra_pipeline.defs.common import RUN_K8S_CONFIG
+from quadra_pipeline_tests.defs.conftest import REPO_ROOT, quadra_env  # noqa: F401 (a fixture)
 
 from .k8s_schemas import (
     KUBERNETES_VERSIONS,
@@ -145,7 +146,7 @@ def merged(values) -> dict:
 
 
 def run_config() -> dict:
-    return json.loads((HELM / "run-k8s-config.json").read_text())
+    return json.loads(RUN_K8S_CONFIG.read_text())
 
 
 def job_tags() -> dict[str, dict]:
@@ -699,3 +700,16 @@ def test_mlflow_serves_s3_artifacts_with_its_secrets_as_files():
     values = yaml.safe_load((HELM / "values.yaml").read_text())
     tracking = {e["name"]: e["value"] for e in values["dagster-user-deployments"]["deployments"][0]["env"]}["MLFLOW_TRACKING_URI"]
     assert urlsplit(tracking).netloc in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+
+
+def test_every_job_carries_its_identitys_config_and_the_compose_identity(quadra_env):
+    """The job definitions carry the identities checked above: on Kubernetes their
+    `dagster-k8s/config` tag, in the Compose stack their `quadra/identity` tag."""
+    from quadra_pipeline.definitions import defs
+
+    config = run_config()
+    loaded = defs()
+    for job, identity in config["jobs"].items():
+        tags = loaded.resolve_job_def(job).tags
+        assert tags["quadra/identity"] == identity, job
+        assert json.loads(tags["dagster-k8s/config"]) == config["identities"][identity], job

@@ -15,13 +15,13 @@ import dagster as dg
 
 from ..common import (
     CHAMPION,
-    IDENTITY_TAG,
     METRICS,
     MODEL,
     OWNER,
     REGISTERED,
     STEPS_IN_RUN_PROCESS_TAG,
     SYSTEM_STATE,
+    identity_tags,
 )
 from ..resources import DataHome, StoreResource
 
@@ -114,7 +114,7 @@ backup_job = dg.define_asset_job(
     # The backup reads the data home and writes the repository on the volumes of the host its
     # run was launched on: a Celery worker host has neither, so its step stays in the run.
     # Its run holds the backup identity's secrets only (the Compose stack's run launcher).
-    tags={BACKUP_TAG: "true", STEPS_IN_RUN_PROCESS_TAG: "true", IDENTITY_TAG: "backup"},
+    tags={BACKUP_TAG: "true", STEPS_IN_RUN_PROCESS_TAG: "true", **identity_tags("backup")},
     description="Back up everything needed to recover, for one hour's partition.",
 )
 

@@ -4,6 +4,7 @@
 import dagster as dg
 from pydantic import Field
 
+from ..common import identity_tags
 from ..resources import RegistryResource, StoreResource
 
 
@@ -25,6 +26,7 @@ def promote_version(context: dg.OpExecutionContext, config: PromoteConfig, regis
     return config.version
 
 
-@dg.job(description="Promote (or roll back) the champion to a named version.", tags={"quadra/kind": "registry"})
+@dg.job(description="Promote (or roll back) the champion to a named version.",
+        tags={"quadra/kind": "registry", **identity_tags("training")})
 def promote_model_job():
     promote_version()

@@ -22,9 +22,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster._core.events import JobFailureData, RunFailureReason
@@ -141,3 +143,27 @@ def _free_slots_of_ended_runs(instance: dg.DagsterInstance, say: Callable[[str],
             storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
             say(f"freed the pool slots still held by run {record.dagster_run.run_id}, which ended "
                 f"({record.dagster_run.status.value})")
+
+
+class StopWhenRunEnds:
+    """A training callback that stops a step whose run was canceled or failed elsewhere.
+
+    A step in the run's own process is stopped by a signal when its run is terminated; a step
+    running on a Celery worker is not (Dagster's Celery executor only revokes tasks not yet
+    started), and it would train on for the rest of its batches, holding the worker. So the
+    step asks the instance, at most every `every` seconds, whether its run is still going."""
+
+    def __init__(self, context: dg.OpExecutionContext, every: float = 5.0) -> None:
+        self.context = context
+        self.every = every
+        self._next = time.monotonic() + every
+
+    def __call__(self, metrics: Any, rows_consumed: int) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.every
+        run = self.context.instance.get_run_by_id(self.context.run_id)
+        if run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED,
+                                              dg.DagsterRunStatus.FAILURE):
+            raise dg.Failure(f"run {self.context.run_id} is {run.status.value.lower()}: stopping this step after "
+                             f"batch {getattr(metrics, 'batch_number', '?')}")

@@ -40,6 +40,7 @@ from ...tracked_training import close_mlflow_run, train_tracked
 from ...training import TrainingConfig, TrainingOutcome
 from ..common import code_version
 from ..resources import DataHome, ObjectStoreResource, RegistryResource, StoreResource
+from ..runs.dead_runs import StopWhenRunEnds
 from .config import SweepConfig, planned_trials
 
 #: The Celery queue trial steps go to (workers started by `quadra worker` consume it).
@@ -184,8 +185,9 @@ def run_trial(
             log_every=max(1, training.batches // 4),
             flush_every=plan.metrics_flush_every,
             accept=accept,
+            on_batch=[StopWhenRunEnds(context)],
         )
-    except INFRASTRUCTURE_ERRORS:
+    except (*INFRASTRUCTURE_ERRORS, dg.Failure):
         raise
     except Exception as exc:  # noqa: BLE001 - the trial failed on its own: a result, the sweep goes on
         error = f"{type(exc).__name__}: {exc}"[:1000]

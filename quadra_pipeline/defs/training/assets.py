@@ -35,6 +35,7 @@ from ..common import (
     upstream_metadata,
 )
 from ..resources import DataHome, ObjectStoreResource, RegistryResource, StoreResource
+from ..runs.dead_runs import StopWhenRunEnds
 
 _FAILED_STATUSES = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
@@ -248,6 +249,7 @@ def train_model(
         # Every checkpoint is shared too: a step on another host evaluates and registers it, and
         # a retry on another host resumes from it.
         on_checkpoint=lambda path, sha, done: shared.put_file(shared_checkpoint_key(run_id), path),
+        on_batch=[StopWhenRunEnds(context)],  # a step on a Celery worker is not stopped by a signal
     )
     outcome, history, mlflow_run_id = tracked.outcome, tracked.history, tracked.mlflow_run_id
     training_run_id, inherited, mlflow_steps, png = tracked.training_run_id, tracked.carried_over, tracked.mlflow_steps, tracked.curve_png
