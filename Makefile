@@ -8,7 +8,7 @@ PIP_OPTIONS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run dev mlflow-ui dagster-home test bench clean-venv docker-check wheels image standins deploy-secrets docker-group deploy-up deploy-down deploy-test
+.PHONY: install run dev mlflow-ui dagster-home test bench clean-venv docker-check wheels image standins deploy-secrets docker-group deploy-up deploy-down deploy-rotate-keys deploy-test
 
 install: $(STAMP)
 
@@ -126,6 +126,15 @@ deploy-up: deploy-secrets image docker-group
 
 deploy-down:
 	DOCKER_GID=$${DOCKER_GID:-0} $(COMPOSE) down
+
+# New signing keys for models and backups on a running stack; the old public keys stay in the
+# keyrings, so every older backup and version still verifies (docs/DISASTER_RECOVERY.md). Runs
+# launched from now on get the new keys; the workers, which hold the model key, are recreated.
+deploy-rotate-keys: docker-group
+	$(BIN)/python deploy/compose/make_secrets.py --dir "$(QUADRA_SECRETS_DIR)" --rotate
+	@sh deploy/compose/own-secrets.sh "$(QUADRA_SECRETS_DIR)"
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) up -d --wait --force-recreate --no-deps worker
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) --profile tools run --rm -T backup verify
 
 # The end-to-end test of the stack (quadra_pipeline_tests/deploy/test_stack.py): stand-ins,
 # image, up, a training run in its own container, the registry through MLflow's API, a backup,

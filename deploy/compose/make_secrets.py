@@ -20,6 +20,8 @@ an environment, a command line or a log. What is made, by identity (folder):
                  credentials for the shared bucket, the broker
     backup/      what backup runs hold: the backup signing key, the secret key, read-only dump
                  roles, the catalogue role, read-only S3 credentials
+    (training/ and backup/ also hold keyrings: the public keys that verify model versions and
+    backups, the current ones and, after `--rotate`, the retired ones.)
 
 Files are mode 600 in folders of mode 700; `--owners` (what `make deploy-secrets` passes) makes
 each folder's files owned by the uid its container runs as, so a non-root process reads them.
@@ -160,6 +162,8 @@ def layout(v: dict[str, str]) -> dict[str, dict[str, str]]:
             "database_url": pg_url("quadra", v["quadra_password"], "quadra"),
             "mlflow_password": v["mlflow_pipeline_password"],
             "model_signing_key": v["model_signing_key"],
+            # Public keys that verify versions: the current one, and retired ones after a rotation.
+            "model-keyring.pem": public_of(v["model_signing_key"]),
             "aws_credentials": aws_credentials("training", v),
             "celery_broker_url": f"amqp://{BROKER_USER}:{quote(v['broker_password'], safe='')}@broker:5672//",
         },
@@ -171,6 +175,9 @@ def layout(v: dict[str, str]) -> dict[str, dict[str, str]]:
             "backup_signing_key": v["backup_signing_key"],
             "secret_key": v["secret_key"],
             "aws_credentials": aws_credentials("backup", v),
+            # The drill checks the champion's signature; verify and restore check older backups.
+            "model-keyring.pem": public_of(v["model_signing_key"]),
+            "backup-keyring.pem": public_of(v["backup_signing_key"]),
         },
         # Public halves, for a verify-only host and the keyrings of a later rotation: not secret.
         "public": {
@@ -235,12 +242,58 @@ def write(root: Path, files: dict[str, dict[str, str]]) -> list[str]:
     return made
 
 
+KEYRINGS = {  # signing key file -> the keyring files that keep its public key after a rotation
+    "training/model_signing_key": ("training/model-keyring.pem", "backup/model-keyring.pem"),
+    "backup/backup_signing_key": ("backup/backup-keyring.pem",),
+}
+
+
+def rotate(root: Path) -> list[str]:
+    """New signing keys; the old ones' public halves stay in the keyrings (every older backup and
+    model version still verifies), the old private keys go. Returns what was done."""
+    done = []
+    old_umask = os.umask(0o077)
+    try:
+        for signing, keyrings in KEYRINGS.items():
+            path = root / signing
+            old = path.read_text()
+            new = pem_private("ec" if "model" in signing else "ed25519")
+            for keyring in keyrings:
+                ring = root / keyring
+                text = ring.read_text() if ring.is_file() else ""
+                for pem in (public_of(old), public_of(new)):
+                    if pem not in text:
+                        text = text.rstrip("\n") + ("\n" if text.strip() else "") + pem
+                staged = ring.with_name(f".{ring.name}.tmp")
+                staged.write_text(text)
+                staged.chmod(0o600)
+                os.replace(staged, ring)
+            staged = path.with_name(f".{path.name}.tmp")
+            staged.write_text(new)
+            staged.chmod(0o600)
+            os.replace(staged, path)
+            (root / "public" / Path(signing).name.replace("_signing_key", "-signing.pub").replace("_", "-")).write_text(public_of(new))
+            done.append(f"{signing}: new key; the old public key kept in {', '.join(keyrings)}")
+    finally:
+        os.umask(old_umask)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path("deploy/secrets"))
     parser.add_argument("--from-env", type=Path, default=Path("deploy/.env"),
                         help="an older stack's secrets file to take over (default deploy/.env, when it exists)")
+    parser.add_argument("--rotate", action="store_true",
+                        help="replace both signing keys, keeping the old public keys in the keyrings (make deploy-rotate-keys)")
     args = parser.parse_args(argv)
+    if args.rotate:
+        if not (args.dir / "training" / "model_signing_key").is_file():
+            print(f"deploy-secrets: {args.dir} has no signing keys to rotate (make deploy-secrets first)", file=sys.stderr)
+            return 1
+        for line in rotate(args.dir):
+            print(f"deploy-rotate-keys: {line}")
+        return 0
     old: dict[str, str] = {}
     if args.from_env.is_file():
         old = read_old_env(args.from_env)

@@ -25,6 +25,9 @@ default_permission = NO_PERMISSIONS
 database_uri = ${database_uri}
 admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# A checked password is remembered for a minute (each request would otherwise cost a PBKDF2 hash:
+# registering a model is a hundred requests); a changed password counts within that minute.
+auth_cache_ttl_seconds = 60
 INI
 MLFLOW_BACKEND_STORE_URI="$(cat /run/secrets/backend_store_uri)" \
 MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat /run/secrets/flask_secret_key)" \
@@ -37,7 +40,7 @@ until python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.
   kill -0 "$server" 2>/dev/null || { wait "$server"; exit 1; }
   sleep 1
 done
-MLFLOW_TRACKING_URI=http://127.0.0.1:5000 MLFLOW_TRACKING_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME:-admin}" \
+MLFLOW_TRACKING_URI="${QUADRA_MLFLOW_SELF_URL:-http://mlflow:5000}" MLFLOW_TRACKING_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME:-admin}" \
 MLFLOW_TRACKING_PASSWORD="$(cat /run/secrets/admin_password)" \
 QUADRA_MLFLOW_PIPELINE_PASSWORD_FILE=/run/secrets/pipeline_password QUADRA_MLFLOW_READER_PASSWORD_FILE=/run/secrets/reader_password \
   python3 -m quadra_pipeline.registry.access

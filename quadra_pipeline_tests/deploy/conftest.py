@@ -21,7 +21,7 @@ def stack(tmp_path_factory):
     if existing:
         pytest.fail("a stack named 'quadra' already exists on this Docker host and this test would replace it: "
                     f"{', '.join(existing[:6])}; stop it first (make deploy-down, then docker volume rm ...)")
-    the_stack = Stack(env_file=tmp_path_factory.mktemp("deploy") / ".env", image="quadra-pipeline:deploy-test",
+    the_stack = Stack(secrets_dir=tmp_path_factory.mktemp("deploy") / "secrets", image="quadra-pipeline:deploy-test",
                       dagster_port=free_port(), mlflow_port=free_port())
     try:
         yield the_stack

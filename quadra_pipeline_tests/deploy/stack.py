@@ -27,7 +27,7 @@ PHASES: list[tuple[str, float, str]] = []
 
 PROJECT = "quadra"
 RUN_LABEL = "io.quadra.role=run"
-SERVICES = ("postgres", "mlflow", "code", "webserver", "daemon")
+SERVICES = ("postgres", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker")
 
 
 class StackError(AssertionError):
@@ -56,11 +56,15 @@ def leftovers() -> list[str]:
     return [line for line in found if line.strip()]
 
 
+def docker_gid() -> str:
+    return str(os.stat("/var/run/docker.sock").st_gid)
+
+
 @dataclass
 class Stack:
-    """One stack under test: its secrets file, image tag and published ports."""
+    """One stack under test: its secrets folder, image tag and published ports."""
 
-    env_file: Path
+    secrets_dir: Path
     image: str
     dagster_port: int
     mlflow_port: int
@@ -68,7 +72,7 @@ class Stack:
     # The Make targets, as a user runs them ----------------------------------------------
 
     def make(self, target: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-        environment = {**os.environ, "DEPLOY_ENV": str(self.env_file), "IMAGE": self.image,
+        environment = {**os.environ, "QUADRA_SECRETS_DIR": str(self.secrets_dir), "IMAGE": self.image,
                        "DAGSTER_PORT": str(self.dagster_port), "MLFLOW_PORT": str(self.mlflow_port)}
         done = subprocess.run(["make", "--no-print-directory", target], cwd=REPO_ROOT, env=environment,
                               capture_output=True, text=True, timeout=timeout)
@@ -85,10 +89,11 @@ class Stack:
     # docker compose -------------------------------------------------------------------------
 
     def compose(self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess:
-        environment = {**os.environ, "QUADRA_IMAGE": self.image, "DOCKER_GID": "0",
+        environment = {**os.environ, "QUADRA_IMAGE": self.image, "DOCKER_GID": docker_gid(),
+                       "QUADRA_SECRETS_DIR": str(self.secrets_dir),
                        "DAGSTER_PORT": str(self.dagster_port), "MLFLOW_PORT": str(self.mlflow_port)}
         argv = ["docker", "compose", "--project-directory", str(REPO_ROOT / "deploy" / "compose"),
-                "--env-file", str(self.env_file), "-f", str(REPO_ROOT / "deploy" / "compose" / "compose.yaml"), *args]
+                "-f", str(REPO_ROOT / "deploy" / "compose" / "compose.yaml"), *args]
         done = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=timeout, input=input)
         if check and done.returncode:
             raise StackError(f"docker compose {' '.join(args[:4])} failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -96,6 +101,15 @@ class Stack:
 
     def exec(self, service: str, *command: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         return self.compose("exec", "-T", service, *command, check=check, timeout=timeout)
+
+    def backup_tool(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """`quadra backup ...` as an operator runs it: the `backup` tools service (the backup identity)."""
+        return self.compose("--profile", "tools", "run", "--rm", "-T", "backup", *args, check=check, timeout=timeout)
+
+    def containers(self, service: str) -> list[dict]:
+        """`docker inspect` of every container of a service (a scaled one has several)."""
+        ids = self.compose("ps", "-q", service).stdout.split()
+        return [self.inspect(i) for i in ids]
 
     @staticmethod
     def inspect(container_id: str) -> dict:
@@ -112,11 +126,40 @@ class Stack:
         """One value from the stack's PostgreSQL, as its superuser over the local socket."""
         return self.exec("postgres", "psql", "-U", "postgres", "-d", database, "-tAc", query).stdout.strip()
 
-    def secret(self, name: str) -> str:
-        for line in self.env_file.read_text().splitlines():
-            if line.startswith(f"{name}="):
-                return line.split("=", 1)[1].strip().strip("'")
-        raise KeyError(name)
+    def secret(self, relative: str) -> str:
+        """A secret of the stack: the file `make deploy-secrets` wrote (identity/name)."""
+        return (self.secrets_dir / relative).read_text().strip()
+
+    def secret_values(self) -> dict[str, str]:
+        """Every secret value of the stack (and each password inside a URL or a config file),
+        by where it is, to look for in what must not hold them."""
+        from urllib.parse import unquote, urlsplit
+
+        found: dict[str, str] = {}
+        for path in sorted(self.secrets_dir.rglob("*")):
+            if not path.is_file() or path.parent.name == "public":
+                continue
+            name = str(path.relative_to(self.secrets_dir))
+            text = path.read_text()
+            if "PRIVATE KEY" in text:
+                body = [line for line in text.splitlines() if line and not line.startswith("-----")]
+                found[name] = "".join(body)
+                found[f"{name} (first line)"] = body[0]
+                continue
+            found[name] = text.strip()
+            if "://" in text:
+                password = urlsplit(text.strip()).password
+                if password:
+                    found[f"{name} (password)"] = unquote(password)
+            for line in text.splitlines():
+                if "=" in line and any(k in line for k in ("secret", "pass")):
+                    found[f"{name} ({line.split('=')[0].strip()})"] = line.split("=", 1)[1].strip()
+                if line.count(":") >= 4 and path.name.endswith(".pgpass"):
+                    found[f"{name} (password)"] = line.rsplit(":", 1)[1]
+        if (self.secrets_dir / "objects" / "s3.json").is_file():
+            for identity in json.loads((self.secrets_dir / "objects" / "s3.json").read_text())["identities"]:
+                found[f"s3 {identity['name']}"] = identity["credentials"][0]["secretKey"]
+        return {k: v for k, v in found.items() if len(v) >= 16}
 
     # Dagster --------------------------------------------------------------------------------
 
@@ -229,13 +272,20 @@ class Stack:
 
     # MLflow ---------------------------------------------------------------------------------
 
-    def mlflow(self, path: str, *, credentials: bool = True, headers: dict | None = None) -> tuple[int, dict | str]:
-        """GET on MLflow's REST API on the published port: (status, JSON or text)."""
+    def mlflow(self, path: str, *, credentials: bool = True, headers: dict | None = None, user: str = "admin",
+               password: str | None = None, method: str = "GET", body: dict | None = None) -> tuple[int, dict | str]:
+        """A call to MLflow's REST API on the published port, as `user` (the admin by default):
+        (status, JSON or text)."""
         sent = dict(headers or {})
         if credentials:
-            token = base64.b64encode(f"admin:{self.secret('MLFLOW_ADMIN_PASSWORD')}".encode()).decode()
+            secret = password if password is not None else self.secret("mlflow/admin_password")
+            token = base64.b64encode(f"{user}:{secret}".encode()).decode()
             sent["Authorization"] = f"Basic {token}"
-        request = urllib.request.Request(f"http://127.0.0.1:{self.mlflow_port}{path}", headers=sent)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        request = urllib.request.Request(f"http://127.0.0.1:{self.mlflow_port}{path}", headers=sent, data=data, method=method)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 text = response.read().decode()

@@ -35,15 +35,15 @@ IDENTITIES = {
     "webserver": {"dagster.pgpass", "aws_credentials"},
     "daemon": {"dagster.pgpass"},
     "worker": {"dagster.pgpass", "database_url", "mlflow_password", "model_signing_key", "celery_broker_url",
-               "aws_credentials"},
+               "aws_credentials", "model-keyring.pem"},
     "backup": {"dagster.pgpass", "database_url", "backup_database_url", "mlflow_backend_uri", "backup_signing_key",
-               "secret_key", "aws_credentials"},
+               "secret_key", "aws_credentials", "model-keyring.pem", "backup-keyring.pem"},
 }
 RUN_IDENTITIES = {
     "training": {"dagster.pgpass", "database_url", "mlflow_password", "model_signing_key", "celery_broker_url",
-                 "aws_credentials"},
+                 "aws_credentials", "model-keyring.pem"},
     "backup": {"dagster.pgpass", "database_url", "backup_database_url", "mlflow_backend_uri", "backup_signing_key",
-               "secret_key", "aws_credentials"},
+               "secret_key", "aws_credentials", "model-keyring.pem", "backup-keyring.pem"},
 }
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|PRIVATE|TOKEN|_KEY$|DATABASE_URL$|BACKEND_URI$|BROKER_URL$")
 
@@ -112,6 +112,7 @@ def test_no_secret_is_in_an_environment_or_on_a_command_line(compose, instance):
         for variable, value in environment(service).items():
             if variable.endswith("_FILE"):
                 assert value.startswith("/run/secrets/") and value.rsplit("/", 1)[1] in held(service), (name, variable)
+                continue
             else:
                 assert not SECRET_WORDS.search(variable) or variable == "QUADRA_SECRETS_HOST_DIR", (name, variable)  # a path
                 assert "@" not in value or value.startswith("quadra@"), (name, variable)
@@ -135,7 +136,7 @@ def test_each_service_holds_exactly_its_identitys_secrets(compose):
     sockets = {name for name, s in compose["services"].items() if any("docker.sock" in v for v in s.get("volumes", []))}
     assert sockets == {"daemon"}
     assert [n for n, s in IDENTITIES.items() if "admin_password" in s] == ["mlflow"]
-    assert [n for n, s in IDENTITIES.items() if "model_signing_key" in s] == ["worker"]
+    assert [n for n, s in IDENTITIES.items() if "model_signing_key" in s] == ["worker"]  # runs: the launcher
     assert [n for n, s in IDENTITIES.items() if "backup_signing_key" in s] == ["backup"]
     # The socket's own group, never the root group by default: make deploy-up sets it, or refuses.
     assert compose["services"]["daemon"]["group_add"] == ["${DOCKER_GID:?make deploy-up sets DOCKER_GID to the group of /var/run/docker.sock}"]
@@ -287,3 +288,27 @@ def test_the_daemon_never_gets_the_root_group_by_default(tmp_path):
     own.touch()
     if own.stat().st_gid != 0:
         assert docker_group(f"DOCKER_SOCKET={own}").returncode == 0
+
+
+def test_a_rotation_keeps_the_old_public_keys_in_the_keyrings(tmp_path, secrets_dir):
+    """`make deploy-rotate-keys`: new signing keys; every keyring keeps the retired public key
+    (older backups and versions verify), and gains the new one; the old private key is gone."""
+    import shutil
+
+    from quadra_pipeline.keys import read_keyring
+
+    folder = tmp_path / "secrets"
+    shutil.copytree(secrets_dir, folder)
+    old_model, old_backup = (folder / "training" / "model_signing_key").read_text(), (folder / "backup" / "backup_signing_key").read_text()
+    done = subprocess.run([sys.executable, str(COMPOSE_DIR / "make_secrets.py"), "--dir", str(folder), "--rotate"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.count("new key") == 2
+    new_model = (folder / "training" / "model_signing_key").read_text()
+    assert new_model != old_model and (folder / "backup" / "backup_signing_key").read_text() != old_backup
+    assert old_model not in "".join(p.read_text() for p in folder.rglob("*") if p.is_file())  # the old private key is gone
+    for ring, algorithm in (("training/model-keyring.pem", "ec-p256"), ("backup/model-keyring.pem", "ec-p256"),
+                            ("backup/backup-keyring.pem", "ed25519")):
+        keys = read_keyring(folder / ring, algorithm, "keyring")
+        assert len(keys) == 2, ring
+        assert stat.S_IMODE((folder / ring).stat().st_mode) == 0o600
+    assert (folder / "public" / "model-signing.pub").read_text() in (folder / "training" / "model-keyring.pem").read_text()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .stack import PHASES, StackError
+from .stack import PHASES, StackError, docker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -69,7 +69,7 @@ def test_mlflow_stopped_during_training_fails_the_run_clearly_registers_nothing_
     stack.wait("mlflow healthy again", lambda: stack.healthy("mlflow"), 180)
     assert versions_of(stack, run_id) == []  # nothing half-registered
     next_run = stack.launch("training_job", config=RECOVERY)
-    assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_logs(next_run)
+    assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_messages(next_run)[-20:]
     PHASES.append(("recovery: MLflow back", time.perf_counter() - back, "MLflow started, the next training run succeeded"))
     code, got = stack.mlflow(f"/api/2.0/mlflow/runs/get?run_id={mlflow_run}")
     assert code == 200 and got["run"]["info"]["status"] == "FAILED", got
@@ -106,14 +106,14 @@ def test_postgresql_restarted_mid_run_loses_nothing_and_the_next_launch_succeeds
     for service in ("webserver", "daemon", "code", "mlflow"):
         stack.wait(f"{service} healthy", lambda s=service: stack.healthy(s), 180)
     next_run = stack.launch("training_job", config=RECOVERY)
-    assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_logs(next_run)
+    assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_messages(next_run)[-20:]
     PHASES.append(("recovery: PostgreSQL restarted", time.perf_counter() - restarted,
                    f"restart -> the next training run succeeded (the run it hit: {outcome['first'].lower()}, "
                    f"{hit_batches} batches kept; retries: {len(outcome['retries'])})"))
     for job, count in before.items():
         assert stack.batches_in_sql(runs[job]) == count, job
     assert stack.run(runs["backup"])["status"] == "SUCCESS"  # the run history survived
-    assert stack.exec("code", "quadra", "backup", "verify", check=False).returncode == 0
+    assert stack.backup_tool("verify", check=False).returncode == 0
 
 
 def location_state(stack) -> str:
@@ -152,7 +152,7 @@ def test_the_code_server_killed_shows_a_location_error_and_everything_recovers_w
 
     stack.wait("the location loaded again in the webserver", reloaded, 180, every=3)
     next_run = stack.launch("training_job", config=RECOVERY)
-    assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_logs(next_run)
+    assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_messages(next_run)[-20:]
     PHASES.append(("recovery: code server killed", time.perf_counter() - killed,
                    f"kill -> location {saw} in the UI -> back, a launched run succeeded"))
     assert stack.container("webserver")["State"]["StartedAt"] == webserver_started  # not restarted
@@ -173,7 +173,12 @@ def test_a_run_past_its_max_runtime_is_stopped_by_run_monitoring(stack):
     # Stopped by run monitoring, for this reason (not by anything else that could end a run).
     assert any("maximum runtime of 20 seconds" in m for m in stack.run_messages(run_id)), stack.run_messages(run_id)[-5:]
     tags = {t["key"]: t["value"] for t in run["tags"]}
-    stack.wait("the run's container stopped", lambda: stack.inspect(tags["docker/container_id"])["State"]["Running"] is False, 120)
+    stack.wait("the run's container stopped (and removed)",
+               lambda: not docker("ps", "-aq", "--filter", f"id={tags['docker/container_id']}").stdout.strip(), 120)
+    # Its step, on a Celery worker, stopped too (it asks whether its run still goes): no batch after it.
+    settled = stack.batches_in_sql(run_id)
+    time.sleep(15)
+    assert stack.batches_in_sql(run_id) == settled
     PHASES.append(("fault: max_runtime 20 s", stopped_after, f"launch -> run {run['status'].lower()} by run monitoring"))
     if stopped_after > 200:
         raise StackError(f"a 20 s max_runtime took {stopped_after:.0f} s to stop the run")

@@ -10,4 +10,4 @@ GRANT USAGE ON SEQUENCE backups_id_seq TO quadra_catalogue;
 GRANT SELECT ON model_versions TO quadra_aliases;
 GRANT SELECT, INSERT ON model_alias_events TO quadra_aliases;
 GRANT SELECT, INSERT, UPDATE ON alias_checks TO quadra_aliases;
-GRANT USAGE ON SEQUENCE model_alias_events_id_seq, alias_checks_id_seq TO quadra_aliases;
+GRANT USAGE ON SEQUENCE model_alias_events_id_seq TO quadra_aliases;
