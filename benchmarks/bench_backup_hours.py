@@ -1,0 +1,120 @@
+"""What an unchanged hour costs: hourly backups of a data home where nothing changes.
+
+    python benchmarks/bench_backup_hours.py [--db-mb 50] [--hours 24] [--dir /tmp] [--database-url URL]
+
+A data home with a --db-mb project database (the project's tables, the backup catalogue among
+them, plus random 1 KiB rows; SQLite by default, or the PostgreSQL database of --database-url,
+which is filled and emptied again) and 20 MB of checkpoints; one first backup, then --hours
+hourly runs with nothing changed. Each run is what the `backup` asset does, the catalogue
+included (each backup adds its row to the project database it copies, and the checks mark it):
+`BackupService.hourly` where it exists, else (an older checkout) `create`, the `integrity`
+check's `verify` and the restore drill. For every unchanged hour: the bytes the repository
+grew by (the files' sizes, and on disk), the new chunks, and the seconds. Runs against whatever
+`quadra_pipeline` is importable, so the same script measures an older checkout too
+(`PYTHONPATH=<checkout> python benchmarks/bench_backup_hours.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_backup_io import build_home, tree_bytes  # noqa: E402
+
+
+def disk_bytes(root: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
+
+
+def fill_postgres(url: str, db_mb: int) -> None:
+    import sqlalchemy as sa
+
+    from quadra_pipeline.store import ensure_schema, make_engine
+
+    engine = make_engine(url)
+    ensure_schema(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("drop table if exists filler")
+        connection.exec_driver_sql("create table filler (id integer primary key, payload bytea)")
+        connection.execute(sa.text("insert into filler select i, decode(string_agg(lpad(to_hex((random() * 255)::int), 2, '0'), ''), 'hex') "
+                                   "from generate_series(1, :rows) i, generate_series(1, 1000) j group by i"), {"rows": db_mb * 1024})
+        connection.exec_driver_sql("delete from backups")
+    engine.dispose()
+
+
+def run_hour(service, partition_key: str, work: Path) -> tuple[object, bool]:
+    hourly = getattr(service, "hourly", None)
+    if hourly is not None:
+        run = hourly(partition_key=partition_key, workdir=work)
+        return run.create, run.good
+    from quadra_pipeline.backup.drill import restore_drill  # an older checkout: what its asset did
+
+    result = service.create(partition_key=partition_key)
+    reports = service.verify([result.manifest.backup_id], deep="subset", also_read=set(result.added_chunks))
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        drill = restore_drill(service, result.manifest.backup_id, Path(tmp))
+    return result, all(r.ok for r in reports) and drill.ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db-mb", type=int, default=50)
+    parser.add_argument("--hours", type=int, default=24)
+    parser.add_argument("--dir", default=None, help="where to build the data home (default: the temp folder)")
+    parser.add_argument("--database-url", default=None, help="a PostgreSQL project database (filled, then emptied)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-backup-hours-", dir=args.dir))
+    home = work / "home"
+    build_home(home, 1 if args.database_url else args.db_mb)
+    os.environ.update(QUADRA_HOME=str(home), QUADRA_ENV="development")
+    for name in ("DATABASE_URL", "QUADRA_BACKUP_DATABASE_URL", "MLFLOW_TRACKING_URI", "QUADRA_BACKUP_DIR"):
+        os.environ.pop(name, None)
+    if args.database_url:
+        fill_postgres(args.database_url, args.db_mb)
+        os.environ["DATABASE_URL"] = args.database_url
+
+    from quadra_pipeline.backup.service import BackupService
+    from quadra_pipeline.settings import load_settings
+
+    service = BackupService(load_settings())
+    root = service.repository.root
+    first, good = run_hour(service, "first", work)
+    assert good, "the first backup failed its checks"
+    rows = []
+    for hour in range(args.hours):
+        size, disk = tree_bytes(root), disk_bytes(root)
+        started = time.perf_counter()
+        result, good = run_hour(service, f"hour {hour + 1}", work)
+        seconds = time.perf_counter() - started
+        assert good, f"hour {hour + 1} failed its checks"
+        rows.append((tree_bytes(root) - size, disk_bytes(root) - disk, len(result.added_chunks), result.stored_bytes, seconds))
+    database = "PostgreSQL" if args.database_url else "SQLite"
+    print(f"data home: {args.db_mb} MB {database} project database + 20 MB of checkpoints; first backup "
+          f"{tree_bytes(root) - sum(r[0] for r in rows):,} bytes; {args.hours} unchanged hours:")
+    print("| hour | repository growth, bytes (files) | on disk, bytes | new chunks | new chunk bytes | seconds |")
+    print("|---|---|---|---|---|---|")
+    for index, (grown, on_disk, chunks, stored, seconds) in enumerate(rows, 1):
+        print(f"| {index} | {grown:,} | {on_disk:,} | {chunks} | {stored:,} | {seconds:.2f} |")
+    grown = [r[0] for r in rows]
+    print(f"per unchanged hour: mean {statistics.mean(grown) / 1024:.1f} KiB, median {statistics.median(grown) / 1024:.1f} KiB, "
+          f"max {max(grown) / 1024:.1f} KiB (files); on disk mean {statistics.mean(r[1] for r in rows) / 1024:.1f} KiB; "
+          f"{statistics.median(r[4] for r in rows):.2f} s each (median)")
+    if args.database_url:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(args.database_url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("drop table if exists filler")
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
