@@ -196,3 +196,94 @@ def test_the_page_counter_refuses_pages_that_do_not_form_the_tree(tmp_path):
     short.feed(bytes(data[: page_size * 2]))
     with pytest.raises(Exception, match="ended after page 2"):
         short.counts({"metric": root})
+
+
+# Leaving a table's rows out (the backup catalogue) ----------------------------------------------
+
+
+def add_catalogue(path: Path, rows: int, *, start: int = 0, long_errors: bool = True) -> None:
+    """A `backups`-like table with three indexes; some rows carry errors long enough to overflow."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS backups (id INTEGER PRIMARY KEY, backup_id TEXT UNIQUE, "
+                   "created_at TEXT, partition_key TEXT, status TEXT, location TEXT, error TEXT)")
+        db.execute("CREATE INDEX IF NOT EXISTS ix_backups_created_at ON backups (created_at)")
+        db.execute("CREATE INDEX IF NOT EXISTS ix_backups_error ON backups (error)")  # index cells that overflow
+        db.executemany("INSERT INTO backups (backup_id, created_at, partition_key, status, location, error) VALUES (?, ?, ?, ?, ?, ?)",
+                       ((f"20261201T{i:06d}Z-{i:08x}", f"2026-12-01 {i}", f"2026-12-01-{i % 24:02d}:00", "verified",
+                         "/var/lib/quadra/backups", ("e" * 9000 + str(i)) if long_errors and i % 17 == 0 else None)
+                        for i in range(start, start + rows)))
+
+
+def test_a_left_out_table_streams_empty_and_the_rest_is_the_database(tmp_path):
+    """The catalogue's rows change every hour; streamed as an empty table (its pages on the
+    free list), the rest of the file byte for byte, a database that passes integrity_check."""
+    source = tmp_path / "live.db"
+    build(source, rows=3000)
+    add_catalogue(source, 800)
+    out = io.BytesIO()
+    summary = snapshot(source, tmp_path / "scratch", out, leave_out=("backups",))
+    data = out.getvalue()
+    assert summary["left_out_data"] == ["backups"]
+    restored = tmp_path / "restored.db"
+    restored.write_bytes(data)
+    expected = sql_counts(source) | {"backups": 0}
+    assert summary["tables"] == sql_counts(restored) == expected
+    with sqlite3.connect(restored) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert db.execute("SELECT count(*) FROM backups WHERE backup_id > ''").fetchone() == (0,)  # the indexes too
+        db.execute("INSERT INTO backups (backup_id) VALUES ('again')")  # a usable table, its free pages reused
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    with sqlite3.connect(source) as db:
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        catalogue = db.execute("SELECT count(*) FROM dbstat WHERE name IN (SELECT name FROM sqlite_master WHERE tbl_name = 'backups')"
+                               ).fetchone()[0] if _has_dbstat(db) else None
+    with sqlite3.connect(restored) as db:
+        if catalogue is not None:  # every page of the table and its indexes but their roots is free now
+            roots = db.execute("SELECT count(*) FROM sqlite_master WHERE tbl_name = 'backups' AND rootpage > 0").fetchone()[0]
+            assert db.execute("PRAGMA freelist_count").fetchone()[0] == free + catalogue - roots
+    assert len(data) == source.stat().st_size
+
+
+def _has_dbstat(db: sqlite3.Connection) -> bool:
+    try:
+        db.execute("SELECT 1 FROM dbstat LIMIT 1")
+        return True
+    except sqlite3.Error:
+        return False
+
+
+def test_new_catalogue_rows_leave_the_stream_unchanged(tmp_path):
+    """A row more in the catalogue (the next backup's), another status: the same bytes, as long as
+    the catalogue needs no new page; when it does, the stream differs only around that page and
+    the file's header."""
+    source = tmp_path / "live.db"
+    build(source, rows=3000)
+    add_catalogue(source, 40, long_errors=False)
+
+    def take_left_out() -> bytes:
+        out = io.BytesIO()
+        snapshot(source, tmp_path / "scratch", out, leave_out=("backups",))
+        return out.getvalue()
+
+    before = take_left_out()
+    with sqlite3.connect(source) as db:
+        db.execute("UPDATE backups SET status = 'failed', error = 'drill' WHERE id = 3")
+    with sqlite3.connect(source) as db:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+    add_catalogue(source, 1, start=40, long_errors=False)
+    with sqlite3.connect(source) as db:
+        grew = db.execute("PRAGMA page_count").fetchone()[0] != pages
+    after = take_left_out()
+    if not grew:
+        assert after == before
+    page_size = int.from_bytes(before[16:18], "big")
+    differing = {i // page_size for i in range(min(len(before), len(after))) if before[i] != after[i]}
+    assert len(differing) <= 5, sorted(differing)  # the header, free-list trunks, the page taken
+
+
+def test_leaving_out_a_table_that_is_not_there_changes_nothing(tmp_path):
+    source = tmp_path / "live.db"
+    build(source, rows=300)
+    out = io.BytesIO()
+    summary = snapshot(source, tmp_path / "scratch", out, leave_out=("backups",))
+    assert out.getvalue() == source.read_bytes() and summary.get("left_out_data") == []
