@@ -28,6 +28,7 @@ How each source is taken
   transaction. The restored file is a consistent database (`make_engine` turns WAL back on when
   it is opened); the restore drill opens it and checks its integrity and row counts. An
   unchanged database streams to the same bytes every time.
+  The catalogue's rows are left out (`CATALOGUE_TABLE`: the table streamed empty).
 - PostgreSQL: `postgres.dump_stream`, read by the repository as it stores it (a plain dump in
   an exported snapshot; the catalogue's rows left out: `CATALOGUE_TABLE`).
 - MLflow: the tracking database (`sqlite:///...` or PostgreSQL, as above) and the local artifact
@@ -112,10 +113,11 @@ TEMPORARY_PATTERNS: tuple[str, ...] = ("*.tmp", ".*.tmp")
 REMOTE_NOTE = "remote: not reachable from here (set QUADRA_MLFLOW_BACKEND_URI to back up the server's database)"
 WORKDIR_PREFIX = "quadra-snapshot-"
 PACKAGES = ("quadra-pipeline", "mlflow", "torch")
-#: The project database's backup catalogue: each backup changes it, so its rows are left out of
-#: PostgreSQL dumps (an unchanged system then dumps to the same bytes). A SQLite database is
-#: streamed as the file it is, so there it is included (the page or two it changes cost a chunk
-#: or two an hour). Either way a restore reconciles it with the repository's manifests.
+#: The project database's backup catalogue: each backup adds its row and each check marks it, so
+#: its rows are left out (an unchanged system then gives the same bytes every hour): of
+#: PostgreSQL dumps (`pg_dump --exclude-table-data`), and of SQLite streams, where the table is
+#: streamed empty and its other pages as free pages (sqlite_leave_out.py). A restore rebuilds
+#: it from the repository's manifests.
 CATALOGUE_TABLE = "backups"
 
 
@@ -310,8 +312,8 @@ def _snapshot_database(
     leave_out: tuple[str, ...] = (), secret: str | None = None, timeout: float = postgres.DUMP_TIMEOUT_S,
 ) -> tuple[list[SourceFile | SourceStream], dict[str, Any]]:
     kind = _classify(url)
-    if kind == "sqlite":  # (streamed whole: a table cannot be left out of the file; see CATALOGUE_TABLE)
-        return _snapshot_sqlite(url, folder, stem, label, directory, live, timeout=timeout)
+    if kind == "sqlite":
+        return _snapshot_sqlite(url, folder, stem, label, directory, live, timeout=timeout, leave_out=leave_out)
     if kind == "postgresql":
         part = postgres.describe(url, folder, stem, label)
 
@@ -348,6 +350,7 @@ def _snapshot_mlflow_database(
 
 def _snapshot_sqlite(
     url: str, folder: str, stem: str, label: str, directory: Path, live: set[Path], *, timeout: float,
+    leave_out: tuple[str, ...] = (),
 ) -> tuple[list[SourceStream], dict[str, Any]]:
     parsed = _parse(url, label)
     masked = url.strip()  # a SQLite URL holds no password; show it as configured
@@ -370,7 +373,7 @@ def _snapshot_sqlite(
     what = f"cannot back up the {label} {masked}"
 
     def open_snapshot():  # read when the repository stores it; completes `part`
-        return snapshot_stream(path, part, what, timeout=timeout, scratch=directory / folder)
+        return snapshot_stream(path, part, what, timeout=timeout, scratch=directory / folder, leave_out=leave_out)
 
     mode = stat.S_IMODE(path.stat().st_mode) & 0o777
     return [SourceStream(part["path"], open_snapshot, mode)], part

@@ -18,6 +18,10 @@ file, so a raw read must not happen in a process whose other connections hold lo
 child writes the file to stdout and, last, a one-line JSON summary to stderr (page size and
 count, journal mode, Alembic revision, rows per table counted from the streamed pages:
 sqlite_pages.py).
+
+Tables named in `leave_out` (the backup catalogue, whose rows change with every backup) are
+streamed as empty tables, their other pages on the free list (sqlite_leave_out.py), so an
+unchanged database streams to the same bytes every hour.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import IO, Any
 
 from .child import child_stream, last_line
 from .errors import BackupError, SnapshotError
+from .sqlite_leave_out import LeaveOut, plan
 from .sqlite_pages import PageCounter
 
 SUMMARY = "quadra-sqlite-snapshot "
@@ -48,10 +53,11 @@ class SqliteSnapshotError(SnapshotError):
 
 
 @contextlib.contextmanager
-def snapshot_stream(path: Path, part: dict[str, Any], what: str, *, timeout: float, scratch: Path) -> Iterator[IO[bytes]]:
+def snapshot_stream(path: Path, part: dict[str, Any], what: str, *, timeout: float, scratch: Path,
+                    leave_out: tuple[str, ...] = ()) -> Iterator[IO[bytes]]:
     """The database's bytes as a stream (from the child); `part` gets the summary once the stream
-    has been read to its end."""
-    argv = [sys.executable, "-m", "quadra_pipeline.backup.sqlite_stream", str(path), str(scratch)]
+    has been read to its end. The tables of `leave_out` are streamed without their rows."""
+    argv = [sys.executable, "-m", "quadra_pipeline.backup.sqlite_stream", str(path), str(scratch), *leave_out]
     with child_stream(argv, env=None, what=what, name="the SQLite snapshot reader", timeout=timeout,
                       error=SqliteSnapshotError, failure=_failure) as child:
         yield child.stdout
@@ -119,26 +125,28 @@ def _describe(connection: sqlite3.Connection) -> tuple[dict[str, int], dict[str,
     return roots, indexes, revision, page_size, page_count
 
 
-def _stream(source: Path, size: int, counter: PageCounter, out: IO[bytes]) -> int:
-    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        with contextlib.suppress(AttributeError, OSError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        left = size
-        while left:
-            block = os.read(fd, min(BLOCK, left))
-            if not block:
-                raise SqliteSnapshotError(f"{source} ended {left} bytes before its last page (truncated while read?)")
-            counter.feed(block)
-            out.write(block)
-            left -= len(block)
-    finally:
-        os.close(fd)  # (drops this process's locks on the file: the reading is over)
+def _stream(fd: int, source: Path, size: int, counter: PageCounter, out: IO[bytes], left_out: LeaveOut) -> int:
+    with contextlib.suppress(AttributeError, OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    left, page = size, 1
+    while left:
+        block = os.read(fd, min(BLOCK, left))  # (whole pages: BLOCK is a multiple of every page size)
+        if not block:
+            raise SqliteSnapshotError(f"{source} ended {left} bytes before its last page (truncated while read?)")
+        if len(block) % counter.page_size:
+            rest = counter.page_size - len(block) % counter.page_size
+            block += os.read(fd, min(rest, left - len(block)))
+        block = left_out.patch(block, page, counter.page_size)
+        page += len(block) // counter.page_size
+        counter.feed(block)
+        out.write(block)
+        left -= len(block)
     return size
 
 
-def snapshot(path: Path, scratch: Path, out: IO[bytes]) -> dict[str, Any]:
-    """Write a consistent snapshot of the database at `path` to `out`; return its summary."""
+def snapshot(path: Path, scratch: Path, out: IO[bytes], leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write a consistent snapshot of the database at `path` to `out`, the tables of
+    `leave_out` without their rows; return its summary."""
     try:
         os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))  # (no lock held yet: closing drops nothing)
     except OSError as exc:
@@ -163,7 +171,15 @@ def snapshot(path: Path, scratch: Path, out: IO[bytes]) -> dict[str, Any]:
         try:
             roots, indexes, revision, page_size, page_count = _describe(connection)
             counter = PageCounter(page_size, page_count)
-            size = _stream(copy or path, page_size * page_count, counter, out)
+            fd = os.open(copy or path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                try:
+                    left_out = plan(connection, fd, leave_out, page_size, page_count) if leave_out else LeaveOut()
+                except BackupError as exc:
+                    raise SqliteSnapshotError(f"its b-tree pages are damaged ({exc}); PRAGMA integrity_check says more") from None
+                size = _stream(fd, copy or path, page_size * page_count, counter, out, left_out)
+            finally:
+                os.close(fd)  # (drops this process's locks on the file: the reading is over)
             try:
                 tables = counter.counts(roots, indexes)
             except BackupError as exc:
@@ -175,16 +191,21 @@ def snapshot(path: Path, scratch: Path, out: IO[bytes]) -> dict[str, Any]:
                     Path(f"{copy}{suffix}").unlink(missing_ok=True)
     finally:
         connection.close()
-    return {"method": method, "journal_mode": journal_mode, "alembic_revision": revision, "tables": tables,
-            "page_size": page_size, "bytes": size}
+    summary = {"method": method, "journal_mode": journal_mode, "alembic_revision": revision, "tables": tables,
+               "page_size": page_size, "bytes": size}
+    if leave_out:
+        summary["left_out_data"] = sorted(left_out.tables)
+        if left_out.note:
+            summary["left_out_note"] = left_out.note
+    return summary
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m quadra_pipeline.backup.sqlite_stream DATABASE SCRATCH_DIR", file=sys.stderr)
+    if len(argv) < 2:
+        print("usage: python -m quadra_pipeline.backup.sqlite_stream DATABASE SCRATCH_DIR [LEFT_OUT_TABLE ...]", file=sys.stderr)
         return 2
     try:
-        summary = snapshot(Path(argv[0]), Path(argv[1]), sys.stdout.buffer)
+        summary = snapshot(Path(argv[0]), Path(argv[1]), sys.stdout.buffer, tuple(argv[2:]))
         sys.stdout.buffer.flush()
     except (sqlite3.Error, BackupError, OSError) as exc:
         lines = str(exc).splitlines()
