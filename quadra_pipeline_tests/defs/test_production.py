@@ -121,13 +121,17 @@ def postgres_database():
 
 
 @pytest.mark.postgres
-def test_deploy_instance_config_runs_on_postgresql(tmp_path, monkeypatch, postgres_database):
+def test_deploy_instance_config_runs_on_postgresql(tmp_path, monkeypatch, postgres_database, s3_env):
+    """The stack's dagster.yaml for real, outside Docker: PostgreSQL storage (the password would
+    come from the passfile; the test server trusts), the stack's run launcher, and step logs in
+    the object store's log bucket, where the webserver reads them once the run's container is gone."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO_ROOT / "deploy" / "compose" / "dagster.yaml", home / "dagster.yaml")
-    for key, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_USER": "postgres", "DAGSTER_PG_PASSWORD": "",
-                       "DAGSTER_PG_DB": postgres_database}.items():
+    for key, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_USER": "postgres", "DAGSTER_PG_DB": postgres_database,
+                       "QUADRA_SECRETS_HOST_DIR": str(tmp_path / "secrets")}.items():
         monkeypatch.setenv(key, value)
+    s3_env.make_bucket("quadra-logs")
 
     @dg.asset
     def ping() -> int:
@@ -138,6 +142,10 @@ def test_deploy_instance_config_runs_on_postgresql(tmp_path, monkeypatch, postgr
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
         assert {"key": "quadra/training", "limit": 1} in limits
-        assert dg.materialize([ping], instance=instance).success
+        result = dg.materialize([ping], instance=instance)
+        assert result.success
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        assert type(instance.run_launcher).__name__ == "DockerRunLauncher"  # each run its own container
+        assert type(instance.run_launcher).__name__ == "QuadraDockerRunLauncher"  # each run its own container
+        assert instance.run_launcher.identities.keys() == {"training", "backup"}
+    logs = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket="quadra-logs").get("Contents", [])]
+    assert any(result.run_id in key for key in logs), logs  # the step's output, in the bucket
