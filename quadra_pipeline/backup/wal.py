@@ -1,0 +1,261 @@
+"""Continuous archiving of PostgreSQL: base backups and the streamed WAL, kept by the backup
+retention, and a data directory prepared for point-in-time recovery (no Dagster here).
+
+The hourly backup is a logical dump: it can bring the databases back to an hour. Seconds need
+the server's write-ahead log. PostgreSQL's own tools do it, with nothing to install on its
+server: `pg_receivewal` streams the WAL over a replication connection as it is written (the
+stack's `wal` service, `--synchronous`: each record flushed as it arrives, through a
+replication slot, so the server keeps what the receiver has not had), and `pg_basebackup`
+takes the base backups a recovery starts from (`-X stream`: each holds the WAL it needs to be
+consistent). pgBackRest 2.45 (Debian bookworm's) talks to S3 over HTTPS only and would run
+beside the server's data directory; Barman's cloud tools would need installing into the
+database image (`archive_command`); both are more machinery for the same result here.
+
+The archive is a folder on another host (the stack: the `quadra-wal` volume):
+
+    <root>/wal/                    the streamed segments; the one being written ends in .partial
+    <root>/base/<YYYYmmddTHHMMSSZ>/
+        base.tar.gz, pg_wal.tar.gz, backup_manifest   (pg_basebackup -Ft -z -X stream)
+        info.json                  when it started and ended, its start segment and timeline
+
+Retention follows the backups': base backups by the same plan (hourly for 7 days, then daily,
+weekly, monthly), and the WAL from the oldest base backup of the last `continuous_days` (7) on:
+any second of the last week can be recovered; before that, the moment each kept base backup
+ended. Recovery (`prepare_recovery`) unpacks the newest base backup that ended before the
+target into an empty data directory and sets `restore_command`, the target and `recovery.signal`:
+PostgreSQL replays the archived WAL (the .partial segment included) up to the target and opens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BackupError
+from .retention import BackupInfo, RetentionPolicy, plan_retention
+
+#: pg_receivewal's folder and the base backups' folder under the archive root.
+WAL_DIR, BASE_DIR = "wal", "base"
+_SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{16})(\.partial)?$")
+#: How many days of WAL are kept: any second of them can be recovered.
+CONTINUOUS_DAYS = 7
+
+
+class WalArchiveError(BackupError):
+    """The WAL archive cannot do what was asked; one line saying why."""
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    name: str
+    started: dt.datetime
+    ended: dt.datetime
+    start_segment: str
+    timeline: int
+    bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started"], data["ended"] = self.started.isoformat(), self.ended.isoformat()
+        return data
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _libpq_env(url: str) -> tuple[str, dict[str, str]]:
+    from .postgres import libpq, parse
+
+    conninfo, env = libpq(parse(url, "PostgreSQL server"))
+    return conninfo, env
+
+
+def take_base_backup(url: str, root: str | os.PathLike[str], *, timeout: float = 3600, now=_utc_now) -> BaseBackup:
+    """A base backup of the whole server at `url` (a role with REPLICATION) into the archive."""
+    from .postgres import run_tool, tool
+
+    root = Path(root)
+    (root / BASE_DIR).mkdir(parents=True, exist_ok=True)
+    started = now()
+    name = started.strftime("%Y%m%dT%H%M%SZ")
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root / BASE_DIR))
+    try:
+        conninfo, env = _libpq_env(url)
+        run_tool([tool("pg_basebackup", "a base backup"), f"--dbname={conninfo}", "-D", str(staging), "-Ft", "-z",
+                  "-X", "stream", "-c", "fast", "--no-password", "--label", f"quadra {name}"],
+                 env, "pg_basebackup", env.get("PGPASSWORD"), timeout=timeout)
+        start_segment, timeline = _start_of(staging / "base.tar.gz")
+        backup = BaseBackup(name, started, now(), start_segment, timeline,
+                            sum(p.stat().st_size for p in staging.iterdir()))
+        (staging / "info.json").write_text(json.dumps(backup.as_dict(), indent=2))
+        os.replace(staging, root / BASE_DIR / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return backup
+
+
+def _start_of(base_tar: Path) -> tuple[str, int]:
+    """The base backup's first WAL segment and timeline, from its `backup_label`."""
+    with tarfile.open(base_tar) as tar:
+        label = tar.extractfile("backup_label")
+        text = label.read().decode() if label else ""
+    match = re.search(r"START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)", text)
+    timeline = re.search(r"START TIMELINE: (\d+)", text)
+    if not match:
+        raise WalArchiveError(f"{base_tar}: no START WAL LOCATION in its backup_label")
+    return match.group(1), int(timeline.group(1)) if timeline else int(match.group(1)[:8], 16)
+
+
+def base_backups(root: str | os.PathLike[str]) -> list[BaseBackup]:
+    """The archive's complete base backups, oldest first."""
+    folder = Path(root) / BASE_DIR
+    found = []
+    for info in sorted(folder.glob("*/info.json")) if folder.is_dir() else []:
+        data = json.loads(info.read_text())
+        data["started"], data["ended"] = dt.datetime.fromisoformat(data["started"]), dt.datetime.fromisoformat(data["ended"])
+        found.append(BaseBackup(**data))
+    return found
+
+
+def segments(root: str | os.PathLike[str]) -> list[Path]:
+    folder = Path(root) / WAL_DIR
+    return sorted(p for p in folder.iterdir() if _SEGMENT.match(p.name)) if folder.is_dir() else []
+
+
+def newest_wal_time(root: str | os.PathLike[str]) -> dt.datetime | None:
+    """When the newest WAL reached the archive (the last write of its newest segment)."""
+    found = segments(root)
+    if not found:
+        return None
+    return dt.datetime.fromtimestamp(max(p.stat().st_mtime for p in found), dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class KeptRange:
+    """What can be recovered: any moment in [continuous_from, continuous_to], and the end of
+    each older base backup."""
+
+    continuous_from: dt.datetime | None
+    continuous_to: dt.datetime | None
+    points: list[dt.datetime]
+
+    def describe(self) -> str:
+        if self.continuous_from is None:
+            return "nothing (no base backup with the WAL after it)"
+        text = f"any moment from {self.continuous_from.isoformat(timespec='seconds')} to {self.continuous_to.isoformat(timespec='seconds')}"
+        if self.points:
+            text += f", and {len(self.points)} earlier point(s): " + ", ".join(p.isoformat(timespec="seconds") for p in self.points[:5])
+        return text
+
+
+def kept_range(root: str | os.PathLike[str]) -> KeptRange:
+    backups = base_backups(root)
+    wal = {p.name.split(".")[0] for p in segments(root)}
+    continuous = [b for b in backups if b.start_segment in wal or _after_all(b.start_segment, wal)]
+    newest = newest_wal_time(root)
+    if not continuous or newest is None:
+        return KeptRange(None, None, [b.ended for b in backups])
+    first = continuous[0]
+    return KeptRange(first.ended, max(newest, continuous[-1].ended), [b.ended for b in backups if b.ended < first.ended])
+
+
+def _after_all(segment: str, wal: set[str]) -> bool:
+    """A base backup newer than every archived segment (nothing streamed since): still continuous."""
+    return bool(wal) and all(segment >= name for name in wal)
+
+
+def prune(root: str | os.PathLike[str], *, now=_utc_now, policy: RetentionPolicy | None = None,
+          continuous_days: int = CONTINUOUS_DAYS) -> dict[str, list[str]]:
+    """Base backups the retention plan does not keep, and WAL segments older than the first
+    base backup of the last `continuous_days` (never the newest base backup's)."""
+    root = Path(root)
+    backups = base_backups(root)
+    if not backups:
+        return {"base_backups": [], "segments": []}
+    infos = [BackupInfo(b.name, b.ended, True) for b in backups]
+    plan = plan_retention(infos, now(), policy or RetentionPolicy())
+    keep = set(plan.keep) | {backups[-1].name}
+    removed = []
+    for backup in backups:
+        if backup.name not in keep:
+            shutil.rmtree(root / BASE_DIR / backup.name)
+            removed.append(backup.name)
+    window = now() - dt.timedelta(days=continuous_days)
+    anchors = [b for b in backups if b.name in keep and b.ended >= window] or [backups[-1]]
+    oldest_needed = anchors[0].start_segment
+    gone = []
+    for path in segments(root):
+        if path.name.split(".")[0][8:] < oldest_needed[8:] and not path.name.endswith(".partial"):
+            path.unlink()
+            gone.append(path.name)
+    return {"base_backups": removed, "segments": gone}
+
+
+def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str], *, target: dt.datetime | None = None,
+                     archive_mount: str = "/wal-archive") -> BaseBackup:
+    """Unpack the newest base backup that ended before `target` (None: the newest; recovery then
+    replays all the archived WAL) into the empty `pgdata`, with the settings PostgreSQL needs to
+    recover from the archive mounted at `archive_mount`. Refuses a target outside the kept range."""
+    root, pgdata = Path(root), Path(pgdata)
+    kept = kept_range(root)
+    if target is not None:
+        target = target.astimezone(dt.timezone.utc)
+        in_range = kept.continuous_from is not None and kept.continuous_from <= target <= kept.continuous_to
+        if not in_range and target not in kept.points:
+            raise WalArchiveError(f"cannot recover to {target.isoformat(timespec='seconds')}: the archive keeps {kept.describe()}")
+    candidates = [b for b in base_backups(root) if target is None or b.ended <= target]
+    if not candidates:
+        raise WalArchiveError(f"no base backup in {root / BASE_DIR} ended before {target}: the archive keeps {kept.describe()}")
+    chosen = candidates[-1]
+    pgdata.mkdir(parents=True, exist_ok=True)
+    if any(pgdata.iterdir()):
+        raise WalArchiveError(f"{pgdata} is not empty: recovery starts from an empty data directory")
+    folder = root / BASE_DIR / chosen.name
+    with tarfile.open(folder / "base.tar.gz") as tar:
+        tar.extractall(pgdata, filter="data")
+    (pgdata / "pg_wal").mkdir(exist_ok=True)
+    with tarfile.open(folder / "pg_wal.tar.gz") as tar:
+        tar.extractall(pgdata / "pg_wal", filter="data")
+    wal = f"{archive_mount}/{WAL_DIR}"
+    settings = [
+        f"restore_command = 'cp {wal}/%f %p 2>/dev/null || cp {wal}/%f.partial %p'",
+        "recovery_target_action = 'promote'",
+        "recovery_target_timeline = 'latest'",
+    ]
+    if target is not None:
+        settings.append(f"recovery_target_time = '{target.isoformat()}'")
+    with open(pgdata / "postgresql.auto.conf", "a") as conf:
+        conf.write("\n# Point-in-time recovery (quadra_pipeline.backup.wal)\n" + "\n".join(settings) + "\n")
+    (pgdata / "recovery.signal").touch()
+    os.chmod(pgdata, 0o700)
+    return chosen
+
+
+def replication_lag(url: str, *, timeout: float = 10) -> float:
+    """Seconds the WAL receiver is behind the server (flush lag; 0 when it has everything);
+    `WalArchiveError` when no receiver is streaming (the archive is not being fed)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, connect_args={"connect_timeout": int(timeout)})
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(sa.text(
+                "SELECT extract(epoch FROM coalesce(flush_lag, interval '0'))::float, "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint "
+                "FROM pg_stat_replication WHERE application_name = 'pg_receivewal' ORDER BY flush_lsn DESC LIMIT 1"
+            )).first()
+    finally:
+        engine.dispose()
+    if row is None:
+        raise WalArchiveError("no WAL receiver is streaming from the server (pg_stat_replication has no pg_receivewal)")
+    return float(row[0])

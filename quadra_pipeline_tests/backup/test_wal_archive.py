@@ -1,0 +1,107 @@
+"""The WAL archive's bookkeeping on an archive laid out as pg_basebackup and pg_receivewal lay it
+out: what it keeps, what retention removes, what a point-in-time recovery starts from and when
+it refuses. (The archive fed by a real server, and a real recovery, run in the Compose stack:
+`make deploy-test`, the disaster test.)"""
+
+import datetime as dt
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+from quadra_pipeline.backup.wal import (
+    BASE_DIR,
+    WAL_DIR,
+    WalArchiveError,
+    base_backups,
+    kept_range,
+    prepare_recovery,
+    prune,
+)
+
+UTC = dt.timezone.utc
+NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def tar_of(path, files: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def base_backup(root, ended: dt.datetime, segment: str) -> None:
+    name = (ended - dt.timedelta(seconds=30)).strftime("%Y%m%dT%H%M%SZ")
+    folder = root / BASE_DIR / name
+    folder.mkdir(parents=True)
+    label = f"START WAL LOCATION: 0/{segment[-2:]}000028 (file {segment})\nSTART TIMELINE: 1\n".encode()
+    tar_of(folder / "base.tar.gz", {"backup_label": label, "PG_VERSION": b"15\n", "global/pg_control": b"x"})
+    tar_of(folder / "pg_wal.tar.gz", {segment: b"wal"})
+    (folder / "info.json").write_text(json.dumps({
+        "name": name, "started": (ended - dt.timedelta(seconds=30)).isoformat(), "ended": ended.isoformat(),
+        "start_segment": segment, "timeline": 1, "bytes": 3}))
+
+
+def segment(root, number: int, at: dt.datetime, partial: bool = False) -> str:
+    name = f"00000001{number:016X}" + (".partial" if partial else "")
+    path = root / WAL_DIR / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"w")
+    os.utime(path, (at.timestamp(), at.timestamp()))
+    return name
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """Daily base backups for 20 days, WAL streamed since the first of the last 10 days."""
+    root = tmp_path / "archive"
+    for day in range(20, 0, -1):
+        base_backup(root, NOW - dt.timedelta(days=day), f"00000001{(100 - day):016X}")
+    for number in range(90, 100):
+        segment(root, number, NOW - dt.timedelta(days=100 - number))
+    segment(root, 100, NOW - dt.timedelta(seconds=2), partial=True)
+    return root
+
+
+def test_the_kept_range_is_continuous_from_the_first_base_backup_with_its_wal(archive):
+    kept = kept_range(archive)
+    assert kept.continuous_from == NOW - dt.timedelta(days=10)  # the first base backup whose WAL is all there
+    assert kept.continuous_to == NOW - dt.timedelta(seconds=2)  # the newest WAL (the partial segment)
+    assert len(kept.points) == 10  # the older base backups, each a point of its own
+
+
+def test_a_recovery_target_outside_the_kept_range_is_refused_with_the_range(archive, tmp_path):
+    with pytest.raises(WalArchiveError, match=r"cannot recover to 2026-12-07T12:05:00\+00:00: the archive keeps any moment "
+                                              r"from 2026-11-27T12:00:00\+00:00 to 2026-12-07T11:59:58\+00:00"):
+        prepare_recovery(archive, tmp_path / "pgdata", target=NOW + dt.timedelta(minutes=5))
+    with pytest.raises(WalArchiveError, match="cannot recover to 2026-11-20T09:00:00"):
+        prepare_recovery(archive, tmp_path / "pgdata", target=dt.datetime(2026, 11, 20, 9, tzinfo=UTC))
+    assert not (tmp_path / "pgdata").exists()
+
+
+def test_a_recovery_starts_from_the_newest_base_backup_before_the_target(archive, tmp_path):
+    target = NOW - dt.timedelta(days=3, hours=5)
+    chosen = prepare_recovery(archive, tmp_path / "pgdata", target=target, archive_mount="/wal-archive")
+    assert chosen.ended == NOW - dt.timedelta(days=4)
+    pgdata = tmp_path / "pgdata"
+    assert (pgdata / "recovery.signal").exists() and (pgdata / "PG_VERSION").read_text() == "15\n"
+    assert (pgdata / "pg_wal" / chosen.start_segment).exists()
+    conf = (pgdata / "postgresql.auto.conf").read_text()
+    assert "restore_command = 'cp /wal-archive/wal/%f %p 2>/dev/null || cp /wal-archive/wal/%f.partial %p'" in conf
+    assert f"recovery_target_time = '{target.isoformat()}'" in conf and "recovery_target_action = 'promote'" in conf
+    assert oct(pgdata.stat().st_mode & 0o777) == "0o700"
+    with pytest.raises(WalArchiveError, match="is not empty"):
+        prepare_recovery(archive, pgdata)
+
+
+def test_retention_keeps_a_week_of_wal_and_base_backups_by_the_backup_plan(archive):
+    removed = prune(archive, now=lambda: NOW)
+    assert removed["base_backups"] == []  # 20 daily base backups: all within 30 days of dailies
+    # WAL older than the first base backup of the last 7 days goes; the partial segment stays.
+    assert removed["segments"] == [f"00000001{n:016X}" for n in range(90, 93)]
+    assert kept_range(archive).continuous_from == NOW - dt.timedelta(days=7)
+    later = prune(archive, now=lambda: NOW + dt.timedelta(days=40))
+    assert len(later["base_backups"]) > 0 and base_backups(archive)[-1].ended == NOW - dt.timedelta(days=1)
