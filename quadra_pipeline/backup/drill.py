@@ -89,6 +89,9 @@ def restore_drill(service: BackupService, backup_id: str, workdir: Path) -> Dril
                 registry = query
         if registry is not None:
             _check_champion(service, manifest, registry, workdir / "champion", result)
+        # What the drill needed: its scratch folder (restored files), and its scratch databases.
+        databases = sum(int(v.get("scratch_database_bytes", 0)) for v in result.checked.values() if isinstance(v, dict))
+        result.checked["scratch_bytes"] = _tree_bytes(workdir) + databases
     finally:
         for url, name, engine in scratch:
             engine.dispose()
@@ -152,17 +155,30 @@ def _check_postgres(result: DrillResult, part: str, dump: Path, counts: dict, ur
                 connection.exec_driver_sql(f'SELECT count(*) FROM "{schema}"."{table}"').scalar_one()
                 for schema, table in rows
             }
+            size = int(connection.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one())
     except Exception as exc:  # noqa: BLE001
         result.fail(f"{part}: the dump does not restore ({str(exc).splitlines()[0][:200]})")
         return None
     _compare(result, part, actual, counts)
-    result.checked[part] = {"tables": len(actual), "rows": sum(actual.values()), "restored_into": "scratch PostgreSQL database"}
+    result.checked[part] = {"tables": len(actual), "rows": sum(actual.values()), "restored_into": "scratch PostgreSQL database",
+                            "scratch_database_bytes": size}
 
     def query(sql: str, **params: Any) -> list[tuple]:
         with engine.connect() as connection:
             return [tuple(row) for row in connection.execute(text(sql), params)]
 
     return query
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _compare(result: DrillResult, where: str, actual: dict, counts: dict) -> None:

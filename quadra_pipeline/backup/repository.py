@@ -48,7 +48,7 @@ from .history import History
 from .locking import repository_lock
 from .names import check_backup_id, object_relpath
 from .signatures import SignaturePolicy, signer
-from .verification import Read, VerifyReport, verify_chunks, verify_objects
+from .verification import Memo, Read, VerifyReport, verify_chunks, verify_objects
 
 #: `signers()`'s names for what no Ed25519 key id signed.
 UNSIGNED, FORMAT2_HMAC, UNREADABLE = "unsigned", "format 2 (HMAC with QUADRA_SECRET_KEY)", "unreadable"
@@ -290,24 +290,25 @@ class BackupRepository:
 
     # Verification -----------------------------------------------------------------------
 
-    def verify(self, backup_id: str, *, read: Read = "all") -> VerifyReport:
+    def verify(self, backup_id: str, *, read: Read = "all", memo: Memo | None = None) -> VerifyReport:
         """Check one backup: its manifest, signature, sidecar and file list, and every chunk it
         names: present with the right size; re-read and re-hashed with `read="all"`, or those in
-        the given set (`"none"`: none). Format-2 backups re-hash every object. (The history the
+        the given set (`"none"`: none). Format-2 backups re-hash every object (but with "none").
+        `memo`, shared by the backups of one run, checks each chunk once. (The history the
         backups form is checked once for all: `history_problems`.)"""
         try:
-            report, _ = self._verify(backup_id, read)
+            report, _ = self._verify(backup_id, read, memo)
         except UnsafePathError as exc:
             return VerifyReport(backup_id, False, [str(exc)], 0, 0)
         return report
 
-    def _verify(self, backup_id: str, read: Read) -> tuple[VerifyReport, AnyManifest | None]:
+    def _verify(self, backup_id: str, read: Read, memo: Memo | None = None) -> tuple[VerifyReport, AnyManifest | None]:
         data = self._read_manifest_bytes(backup_id)
         manifest, problems = self._check_manifest(backup_id, data, self._read_sidecar(backup_id))
         if isinstance(manifest, format2.Manifest):
-            report = verify_objects(self, manifest, problems, rehash=read == "all")
+            report = verify_objects(self, manifest, problems, rehash=read == "all", memo=memo)
         else:
-            report = verify_chunks(self, backup_id, manifest, problems, read)
+            report = verify_chunks(self, backup_id, manifest, problems, read, memo)
         if report.problems and not self.manifest_path(backup_id).exists():
             # verify takes no lock (it may run beside a backup): a concurrent delete + gc is not damage
             raise UnknownBackupError(f"backup {backup_id}: deleted while it was being verified")

@@ -16,7 +16,6 @@ restoring into new databases and renaming them over the live ones.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import shutil
@@ -35,12 +34,14 @@ from .errors import BackupError, UnknownBackupError
 from .names import id_time
 from .repository import BackupRepository
 from .retention import BackupInfo, RetentionPlan, RetentionPolicy, plan_retention
+from .rotation import Rotation, RotationReport, current_hour, slot_of
 from .sources import ARTIFACTS, CHECKPOINTS, MLFLOW_DB, OBJECTS, PROJECT_DB, take_snapshot
-from .verification import VerifyReport
+from .verification import Memo, VerifyReport
 
 log = logging.getLogger(__name__)
 
 HISTORY = "history"  # the report about the repository's history (chain, head, records, catalogue)
+DRILL_FAILED = "restore drill:"  # how a drill's failure starts in the catalogue's `error`
 
 
 @dataclass
@@ -51,6 +52,67 @@ class PruneResult:
     freed_bytes: int = 0
     dry_run: bool = False
     gc_skipped: str | None = None  # why unreferenced data was not collected (a backup it cannot read)
+
+
+@dataclass
+class HourlyRun:
+    """One hourly run, as the Dagster asset makes it: the backup, its checks, and the verdict.
+
+    `good`: both checks passed. `integrity`: the backup's manifest, signature, sidecar and file
+    list, every chunk it names present with its size, the chunks it wrote re-read intact; the
+    history; and this hour's share of every stored chunk re-read intact, whichever backup holds
+    it (damage only an older backup holds fails it too: the repository is not all good, and the
+    check stays red every hour until the damage is gone). `restore_drill`: drill.py. Only a good
+    backup is materialised (so Dagster's freshness counts good backups only) and marked
+    "verified" in the catalogue; a bad one is marked "failed" with the reason, as are the older
+    backups that hold a damaged chunk."""
+
+    create: CreateResult
+    report: VerifyReport  # the new backup's own checks
+    history: VerifyReport  # the chain, the head, the records, the catalogue's cross-check
+    rotation: RotationReport  # this hour's share of every stored chunk, re-read
+    drill: Any  # drill.DrillResult
+
+    @property
+    def backup_id(self) -> str:
+        return self.create.manifest.backup_id
+
+    @property
+    def integrity_ok(self) -> bool:
+        return self.report.ok and self.history.ok and self.rotation.ok
+
+    @property
+    def good(self) -> bool:
+        return self.integrity_ok and self.drill.ok
+
+    @property
+    def integrity_problems(self) -> list[str]:
+        return self.report.problems + self.history.problems + self.rotation.problems
+
+    def why_bad(self) -> str:
+        """One line: what made the backup bad ('' when it is good)."""
+        parts = []
+        if not self.integrity_ok:
+            parts.append("integrity: " + "; ".join(self.integrity_problems))
+        if not self.drill.ok:
+            parts.append(f"{DRILL_FAILED} " + "; ".join(self.drill.problems))
+        return " | ".join(parts)
+
+
+class Share:
+    """The chunk ids of some rotation shares (and any `extra` ids), as a `read` set for verify."""
+
+    def __init__(self, slots: list[int], runs: int, extra: set[str] | frozenset[str] = frozenset()) -> None:
+        self.slots, self.runs, self.extra = set(slots), runs, set(extra)
+
+    def __contains__(self, sha: object) -> bool:
+        return isinstance(sha, str) and (sha in self.extra or slot_of(sha, self.runs) in self.slots)
+
+    def __iter__(self):  # (only `in` is used: the ids are not enumerable)
+        return iter(self.extra)
+
+    def __len__(self) -> int:
+        return len(self.extra)
 
 
 @dataclass
@@ -99,6 +161,7 @@ class BackupService:
         )
         self._engine = catalogue_engine
         self.log = log_fn or log.info
+        self.last_verify_reads = (0, 0)
 
     # Keys ---------------------------------------------------------------------------------
 
@@ -225,47 +288,77 @@ class BackupService:
             raise UnknownBackupError(f"backup {backup_id!r} is not in {self.repository.root}")
         return backup_id
 
-    def verify(self, backup_ids: list[str] | None = None, *, deep: str = "subset", also_read: set[str] | None = None) -> list[VerifyReport]:
+    def verify(self, backup_ids: list[str] | None = None, *, deep: str = "all", also_read: set[str] | None = None,
+               hour: int | None = None) -> list[VerifyReport]:
         """Check backups (default: all) and the history they form. Every backup: manifest,
-        signature, sidecar, file list, every chunk present with its size; `deep`: re-read every
-        chunk ("all"), this run's share of a rotation that re-reads every stored chunk within
-        QUADRA_BACKUP_VERIFY_RUNS runs ("subset"), or none ("none"); `also_read`: chunks to
-        re-read too (what a backup just wrote). The last report, `history`, is the chain (head,
-        records) and the catalogue's cross-check."""
+        signature, sidecar, file list, every chunk present with its size; `deep`: re-read and
+        re-hash every chunk ("all", the default: each chunk once, however many backups hold
+        it), only those of this hour's share of the rotation ("sample": 1/QUADRA_BACKUP_VERIFY_RUNS
+        of them), or none ("none"); `also_read`: chunks to re-read too (what a backup just
+        wrote). The last report, `history`, is the chain (head, records) and the catalogue's
+        cross-check. Each backup's catalogue row is marked "verified" or "failed" (a backup
+        whose restore drill failed stays "failed")."""
         ids = [self.resolve(i) for i in backup_ids] if backup_ids else self.repository.backup_ids()
-        read: Any = "all" if deep == "all" else self._rotation() if deep == "subset" else set()
-        if read != "all" and also_read:
-            read = set(read) | set(also_read)
-        reports = [self.repository.verify(i, read=read) for i in ids]
+        if deep == "subset":  # (the name before "sample")
+            deep = "sample"
+        if deep not in ("all", "sample", "none"):
+            raise ValueError(f"deep must be 'all', 'sample' or 'none', not {deep!r}")
+        runs = self.settings.backup_verify_runs
+        read: Any = "all" if deep == "all" else Share(
+            [current_hour() % runs if hour is None else hour % runs] if deep == "sample" else [], runs, set(also_read or ()))
+        memo: Memo = {}
+        reports = [self.repository.verify(i, read=read, memo=memo) for i in ids]
+        #: (distinct chunks or objects re-read, their bytes): each once, whatever held it
+        self.last_verify_reads = (sum(1 for was_read, _ in memo.values() if was_read), sum(r.bytes_checked for r in reports))
         history = self.repository.history_problems() + self._catalogue_problems()
         reports.append(VerifyReport(HISTORY, not history, history, 0, 0))
+        self._mark({r.backup_id: (r.ok, "; ".join(r.problems)) for r in reports[:-1]})
+        return reports
+
+    def _mark(self, verdicts: dict[str, tuple[bool, str]], *, drill: bool = False) -> None:
+        """Catalogue: each backup "verified" (ok) or "failed" (with the reason). A backup whose
+        restore drill failed is not marked "verified" again by a check that ran no drill."""
 
         def mark(session: Any) -> None:
             from ..store.repository import get_backup_or_none, mark_backup
 
-            for report in reports[:-1]:
-                if get_backup_or_none(session, report.backup_id) is not None:
-                    mark_backup(session, report.backup_id, "verified" if report.ok else "failed",
-                                error=None if report.ok else "; ".join(report.problems)[:2000])
+            for backup_id, (ok, error) in verdicts.items():
+                row = get_backup_or_none(session, backup_id)
+                if row is None or row.status == "deleted":
+                    continue
+                if ok and not drill and row.status == "failed" and DRILL_FAILED in (row.error or ""):
+                    continue
+                mark_backup(session, backup_id, "verified" if ok else "failed", error=None if ok else error[:2000])
 
         self._catalogue(mark)
-        return reports
 
-    def _rotation(self) -> set[str]:
-        """This run's share of the stored chunks (1/N of them, a different share each run)."""
-        state = self.repository.root / "cache" / "verify-rotation.json"
-        runs = self.settings.backup_verify_runs
-        try:
-            position = int(json.loads(state.read_text())["next"]) % runs
-        except (OSError, ValueError, KeyError, TypeError):
-            position = 0
-        chosen = {sha for sha, _ in self.repository.chunks.iter_stored() if int(sha[:8], 16) % runs == position}
-        try:
-            state.parent.mkdir(parents=True, exist_ok=True)
-            state.write_text(json.dumps({"next": (position + 1) % runs, "of": runs}))
-        except OSError:
-            pass  # only the rotation's place
-        return chosen
+    def hourly(self, partition_key: str | None = None, *, workdir: Path | None = None, hour: int | None = None) -> HourlyRun:
+        """What the hourly Dagster asset runs: a backup, then its checks. `integrity`: the new
+        backup's manifest, signature, sidecar and file list, every chunk it names present with
+        its size, the chunks it wrote re-read, and this hour's share of the rotation (every
+        stored chunk within QUADRA_BACKUP_VERIFY_RUNS hours, whichever backup holds it); the
+        history. `restore_drill` (drill.py). Then the catalogue: the backup "verified" when it
+        is good (`HourlyRun.good`: both passed), else "failed" with the reason; older backups
+        holding a damaged chunk "failed"."""
+        from .drill import restore_drill
+
+        result = self.create(partition_key=partition_key)
+        backup_id = result.manifest.backup_id
+        rotation = Rotation(self.repository, self.settings.backup_verify_runs).run(hour=hour)
+        report = self.repository.verify(backup_id, read=set(result.added_chunks))
+        history_problems = self.repository.history_problems() + self._catalogue_problems()
+        history = VerifyReport(HISTORY, not history_problems, history_problems, 0, 0)
+        with tempfile.TemporaryDirectory(prefix="quadra-drill-", dir=workdir) as tmp:
+            drill = restore_drill(self, backup_id, Path(tmp))
+        run = HourlyRun(result, report, history, rotation, drill)
+        verdicts = {other: (False, "integrity: " + "; ".join(p for p in rotation.problems if other in p))
+                    for other in rotation.damaged_backups if other != backup_id}
+        reason = run.why_bad()
+        verdicts[backup_id] = (run.good, reason)
+        self._mark(verdicts, drill=True)
+        self.log(f"backup {backup_id}: {'good' if run.good else 'BAD: ' + reason}; rotation re-read "
+                 f"{rotation.chunks_read} of {rotation.chunks_stored} chunks ({rotation.bytes_read} bytes), drill {drill.seconds:.2f} s")
+        return run
 
     def _catalogue_problems(self) -> list[str]:
         """Backups the catalogue knows (not deleted) that the repository lost without a record."""

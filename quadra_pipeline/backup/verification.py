@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from .repository import BackupRepository
 
 Read = Union[str, Collection[str]]  # "all", "none", or the chunk ids to re-read
+#: What one verification run found per chunk (or format-2 object) id: (re-read?, problem or
+#: None). Shared by the backups of one run, so a chunk many backups hold is checked, and read,
+#: once.
+Memo = dict[str, tuple[bool, Union[str, None]]]
 
 
 @dataclass
@@ -32,19 +36,28 @@ class VerifyReport:
     format_version: int = 3
 
 
-def verify_chunks(repo: BackupRepository, backup_id: str, manifest: format3.Manifest | None, problems: list[str], read: Read) -> VerifyReport:
+def verify_chunks(repo: BackupRepository, backup_id: str, manifest: format3.Manifest | None, problems: list[str], read: Read,
+                  memo: Memo | None = None) -> VerifyReport:
     """Format 3: every chunk the backup names present with its stored size; re-read and
-    re-hashed when `read` is "all" or holds it. Damage is reported per file."""
+    re-hashed when `read` is "all" or holds it (once per `memo`: a chunk found by an earlier
+    backup of the same run is not read again). Damage is reported per file, with the chunk."""
     chunks_checked = chunks_read = bytes_checked = 0
     files = manifest.files if manifest is not None else ()
     bad: dict[str, str] = {}
+    memo = {} if memo is None else memo
     for sha, (length, stored) in (manifest.chunks if manifest is not None else {}).items():
         chunks_checked += 1
         deep = read == "all" or (not isinstance(read, str) and sha in read)
-        problem = repo.chunks.problem(sha, stored, read=deep)
+        known = memo.get(sha)
+        if known is not None and (known[0] or not deep):
+            problem = known[1]
+        else:
+            problem = repo.chunks.problem(sha, stored, read=deep)
+            memo[sha] = (deep, problem)
+            if deep and problem is None:
+                bytes_checked += length
         if deep and problem is None:
             chunks_read += 1
-            bytes_checked += length
         if problem:
             bad[sha] = problem
     for entry in files:
@@ -54,16 +67,24 @@ def verify_chunks(repo: BackupRepository, backup_id: str, manifest: format3.Mani
     ok = not problems and manifest is not None
     return VerifyReport(backup_id, ok, problems, len(files), bytes_checked, chunks_checked, chunks_read, 3)
 
-def verify_objects(repo: BackupRepository, manifest: format2.Manifest, problems: list[str], *, rehash: bool) -> VerifyReport:
-    """Format 2: every whole-file object present with its size, and re-hashed with `rehash`."""
+def verify_objects(repo: BackupRepository, manifest: format2.Manifest, problems: list[str], *, rehash: bool,
+                   memo: Memo | None = None) -> VerifyReport:
+    """Format 2: every whole-file object present with its size, and re-hashed with `rehash`
+    (once per `memo`)."""
     files_checked = bytes_checked = 0
+    memo = {} if memo is None else memo
     for sha, entries in format2.group_by_object(manifest.files).items():
         sizes = {entry.size for entry in entries}
         names = _name_files(entries)
         if len(sizes) > 1:
             problems.append(f"{names}: manifest lists object {sha[:12]}... with different sizes {sorted(sizes)}")
-        problem, hashed = check_object(repo, sha, entries[0].size, rehash=rehash)
-        bytes_checked += hashed
+        known = memo.get(sha)
+        if known is not None and (known[0] or not rehash):
+            problem = known[1]
+        else:
+            problem, hashed = check_object(repo, sha, entries[0].size, rehash=rehash)
+            memo[sha] = (rehash, problem)
+            bytes_checked += hashed
         files_checked += len(entries)
         if problem:
             problems.append(f"{names}: object {object_relpath(sha)} {problem}")

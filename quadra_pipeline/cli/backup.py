@@ -43,24 +43,37 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
     from ..backup.service import HISTORY
 
     service = _backup_service()
-    reports = service.verify(args.ids or None, deep="all" if args.all else "subset")
+    deep = "sample" if args.sample else "all"
+    reports = service.verify(args.ids or None, deep=deep)
     if len(reports) == 1 and reports[0].ok:
         print(f"no backups in {service.repository.root}")
         return EXIT_OK
     bad = 0
     for report in reports:
         if report.backup_id == HISTORY:
+            print(_reads(service, deep))
             line = "OK  chain, head and records agree; the catalogue agrees" if report.ok else "FAILED  " + "; ".join(report.problems)
             print(f"{'history':<26}  {line}")
         elif report.ok:
-            read = f"{report.chunks_read} of {report.chunks_checked} chunks re-read" if report.format_version == 3 else "every object re-hashed"
-            print(f"{report.backup_id}  OK  {report.files_checked} files, {read} ({report.bytes_checked} bytes)")
+            read = f"{report.chunks_read} of {report.chunks_checked} chunks re-read" if report.format_version == 3 else (
+                "every object re-hashed" if deep == "all" else "every object present with its size")
+            print(f"{report.backup_id}  OK  {report.files_checked} files, {read}")
         else:
             print(f"{report.backup_id}  FAILED  {'; '.join(report.problems)}")
         bad += not report.ok
     if bad:
         raise CommandError(f"{bad} of {len(reports)} checks failed (the backups and their history)")
     return EXIT_OK
+
+
+def _reads(service, deep: str) -> str:
+    chunks, size = service.last_verify_reads
+    if deep == "all":
+        return (f"{'read':<26}  {chunks} distinct chunks re-read and re-hashed ({size} bytes), each once: every stored "
+                "chunk the backups name")
+    return (f"{'read':<26}  {chunks} distinct chunks re-read ({size} bytes); sampled: this hour's share of the rotation "
+            f"(1 of {service.settings.backup_verify_runs}); every chunk's presence and size checked (without --sample: "
+            "every chunk re-read)")
 
 
 def cmd_backup_keygen(args: argparse.Namespace) -> int:
@@ -127,13 +140,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     create.set_defaults(handler=cmd_backup_create)
     listing = backup.add_parser("list", help="one line per backup, its id first", description="List complete backups, oldest first.")
     listing.set_defaults(handler=cmd_backup_list)
-    verify = backup.add_parser("verify", help="check backups, signatures and their history (default: all); non-zero on any problem",
-                               description="Verify backups: manifests, signatures, sidecars, file lists, every chunk present with "
-                                           "its size and a rotating share of them re-read (--all: every chunk), and the "
-                                           "history (rollback, deleted or replayed backups, the catalogue's cross-check).")
+    verify = backup.add_parser("verify", help="are my backups good? every backup, every chunk re-read, the history; non-zero on any problem",
+                               description="Verify backups (default: all): manifests, signatures, sidecars, file lists, every "
+                                           "chunk re-read and re-hashed (each once, however many backups hold it), and the "
+                                           "history (rollback, deleted or replayed backups, the catalogue's cross-check). "
+                                           "--sample re-reads only this hour's share of the rotation.")
     verify.add_argument("ids", nargs="*", metavar="ID", help="backups to check (default: all)")
-    verify.add_argument("--all", action="store_true",
-                        help="re-read every chunk (default: every chunk's presence and size, and a rotating share re-read)")
+    reading = verify.add_mutually_exclusive_group()
+    reading.add_argument("--sample", action="store_true",
+                         help="re-read only this hour's share of the chunks (1/QUADRA_BACKUP_VERIFY_RUNS); every chunk's "
+                              "presence and size is still checked")
+    reading.add_argument("--all", action="store_true", help="re-read every chunk (the default; kept for scripts)")
     verify.set_defaults(handler=cmd_backup_verify)
     restore = backup.add_parser("restore", help="verify, then restore into a new folder or over the live data home",
                                 description="Restore a backup (verified first; a tampered or corrupt backup is refused).")
@@ -171,3 +188,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     keygen.add_argument("--force", action="store_true", help="overwrite existing files")
     keygen.set_defaults(handler=cmd_backup_keygen)
 
+    # The off-site copy (offsite push|verify|list|pull, restore --from) and the SQLite replication
+    # (quadra replication ..., quadra restore --to TIME): their own modules.
+    from . import backup_offsite, replication
+
+    backup_offsite.add_commands(backup, restore)
+    replication.add_commands(commands)

@@ -141,10 +141,11 @@ def test_the_restore_drill_verifies_the_champions_signature(instance, quadra_env
 
 
 @pytest.mark.slow
-def test_damage_only_an_older_backup_holds_fails_the_integrity_check_but_not_the_new_backup(instance, quadra_env, monkeypatch):
-    """The rotation finds a flipped byte in a chunk the new backup does not hold: the integrity
-    check fails (blocking: the run fails), the damaged backup is marked failed, and the new
-    backup, intact and drilled, is still materialised (the newest good backup)."""
+def test_damage_only_an_older_backup_holds_fails_the_hour_until_it_is_gone(instance, quadra_env, monkeypatch):
+    """The rotation finds a flipped byte in a chunk only an older backup holds: the integrity
+    check fails, naming that backup, so the hour is not good (not materialised: the repository
+    is not all good), and it stays red every hour (the damaged chunk is read again) until the
+    damaged backup is gone; then the hour is good again."""
     from quadra_pipeline.backup.service import BackupService
     from quadra_pipeline.settings import load_settings
 
@@ -164,16 +165,23 @@ def test_damage_only_an_older_backup_holds_fails_the_integrity_check_but_not_the
     data = bytearray(path.read_bytes())
     data[7] ^= 1
     path.write_bytes(bytes(data))
-    result = defs.resolve_job_def("backup_job").execute_in_process(instance=instance, partition_key=hour_that_ended(),
-                                                                   raise_on_error=False)
+    job = defs.resolve_job_def("backup_job")
+    result = job.execute_in_process(instance=instance, partition_key=hour_that_ended(), raise_on_error=False)
     checks = check_results(result)
     assert not checks["integrity"].passed and checks["restore_drill"].passed
     assert any(victim in p and old in p for p in checks["integrity"].metadata["problems"].value)
-    assert not result.success
-    event = instance.get_latest_materialization_event(dg.AssetKey("backup"))
-    assert event is not None and event.asset_materialization.metadata["good"].value is True
+    assert checks["integrity"].metadata["damaged_backups"].value == [old]
+    assert not result.success and instance.get_latest_materialization_event(dg.AssetKey("backup")) is None
     engine = sa.create_engine(load_settings().database_url)
     with engine.connect() as conn:
         statuses = dict(conn.execute(sa.text("select backup_id, status from backups")).all())
     engine.dispose()
-    assert statuses[old] == "failed" and statuses[event.asset_materialization.metadata["backup_id"].value] == "verified"
+    assert statuses[old] == "failed" and set(statuses.values()) == {"failed"}
+
+    monkeypatch.setenv("QUADRA_BACKUP_VERIFY_RUNS", "24")  # another share next hour: the damage is read again anyway
+    service.repository.delete(old)
+    service.repository.gc()
+    fixed = job.execute_in_process(instance=instance, partition_key=hour_that_ended(), raise_on_error=False)
+    assert fixed.success and check_results(fixed)["integrity"].passed
+    event = instance.get_latest_materialization_event(dg.AssetKey("backup"))
+    assert event is not None and event.asset_materialization.metadata["good"].value is True
