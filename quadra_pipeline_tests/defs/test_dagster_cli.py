@@ -121,11 +121,15 @@ def test_job_execute(executed):
 
 
 def test_asset_materialize_everything(tmp_path):
-    """'*' includes the hourly-partitioned backup asset, so Dagster wants an hour for it; the
-    other assets are unpartitioned and materialise in the same run, the backup last."""
+    """'*' includes the hourly-partitioned backup asset, so Dagster wants an hour for it (the
+    hour that just ended: an older one is a backfill, refused); the other assets are
+    unpartitioned and materialise in the same run, the backup last."""
+    from quadra_pipeline_tests.defs.test_backup_asset import hour_that_ended
+
     env = environment(tmp_path)
     (tmp_path / "run.yaml").write_text(SMALL_RUN)
-    run(["dagster", "asset", "materialize", "--select", "*", "--partition", "2026-11-29-10:00",
+    hour = hour_that_ended()
+    run(["dagster", "asset", "materialize", "--select", "*", "--partition", hour,
          "-m", "quadra_pipeline.definitions", "-c", str(tmp_path / "run.yaml")], env)
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         keys = ["corpus", "quadra_model", "training_metrics", "system_state", "model_evaluation", "registered_model",
@@ -133,7 +137,7 @@ def test_asset_materialize_everything(tmp_path):
         for key in keys:
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
         backup = instance.get_latest_materialization_event(dg.AssetKey("backup")).asset_materialization
-        assert backup.partition == "2026-11-29-10:00"
+        assert backup.partition == hour
     # Without an hour, Dagster refuses the selection with a clear message (not a silent skip).
     refused = subprocess.run([str(BIN / "dagster"), "asset", "materialize", "--select", "*", "-m", "quadra_pipeline.definitions"],
                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -179,7 +183,7 @@ def test_webserver_answers_graphql_with_assets_and_latest_materialisations(execu
         assert groups == {
             "corpus": "data", "quadra_model": "training", "training_metrics": "training", "system_state": "training",
             "model_evaluation": "evaluation", "registered_model": "registry", "champion_model": "registry",
-            "backup": "backup", "hyperparameter_sweep": "sweep", "sweep_registered_model": "sweep",
+            "backup": "backup", "hyperparameter_sweep": "sweep", "sweep_registered_model": "sweep", "wal_archive": "backup",
         }
         data = graphql(port, '{ assetOrError(assetKey: {path: ["quadra_model"]}) { ... on Asset { assetMaterializations(limit: 1) { runId metadataEntries { label } } } } }')
         [latest] = data["assetOrError"]["assetMaterializations"]
