@@ -119,18 +119,27 @@ def open_regular(path: Path, what: str) -> int:
 
 
 def sync_fs(path: Path) -> None:
-    """Make everything written to the file system holding `path` durable (Linux `syncfs`; else
-    `sync`): one flush for a backup's many chunk files, before its manifest is written."""
+    """Make everything written to the file system holding `path` durable (Linux `syncfs`): one
+    flush for a backup's many chunk files, before its manifest is written. A `syncfs` that fails
+    (EIO: the disk lost writes; ENOSPC, EDQUOT) raises OSError, so no backup names chunks that
+    may not be on disk. Only where there is no `syncfs` (not Linux, or ENOSYS) does it fall back
+    to `sync()`, which reports no error."""
     import ctypes
     import ctypes.util
 
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        if getattr(libc, "syncfs", None) is not None and libc.syncfs(fd) == 0:
-            return
-    except OSError:
-        pass
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            syncfs = getattr(libc, "syncfs", None)
+        except OSError:
+            syncfs = None
+        if syncfs is not None:
+            if syncfs(fd) == 0:
+                return
+            code = ctypes.get_errno()
+            if code != errno.ENOSYS:
+                raise OSError(code, f"syncfs: {os.strerror(code)}", str(path))
     finally:
         os.close(fd)
     os.sync()
