@@ -38,13 +38,14 @@ RUN apt-get update \
 # artifacts and the backups are mount points owned by it (a new named volume takes that owner).
 RUN groupadd --system --gid 10001 quadra \
  && useradd --system --uid 10001 --gid quadra --home-dir /home/quadra --create-home --shell /usr/sbin/nologin quadra \
- && mkdir -p /data/mlartifacts /backups /opt/dagster/home /opt/dagster/app \
- && chown -R quadra:quadra /data /backups /opt/dagster/home
+ && mkdir -p /data/mlartifacts /backups /wal-archive /opt/dagster/home /opt/dagster/app \
+ && chown -R quadra:quadra /data /backups /wal-archive /opt/dagster/home
 COPY --from=build /opt/venv /opt/venv
 COPY deploy/compose/dagster.yaml /opt/dagster/home/dagster.yaml
 COPY deploy/compose/workspace.yaml /opt/dagster/app/workspace.yaml
 COPY deploy/compose/mlflow-server.sh /opt/quadra/mlflow-server.sh
 COPY deploy/compose/db-init/ /opt/quadra/db-init/
+COPY deploy/compose/wal/ /opt/quadra/wal/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -8,7 +8,7 @@ PIP_OPTIONS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run dev mlflow-ui dagster-home test bench clean-venv docker-check wheels image standins deploy-secrets docker-group deploy-up deploy-down deploy-rotate-keys deploy-test
+.PHONY: install run dev mlflow-ui dagster-home test bench clean-venv docker-check wheels image standins deploy-secrets docker-group deploy-up deploy-down deploy-rotate-keys deploy-restore deploy-test
 
 install: $(STAMP)
 
@@ -42,9 +42,11 @@ dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
 	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# Dagster UI and daemon (schedules, queued runs).
+# Dagster UI and daemon (schedules, queued runs). With QUADRA_REPLICA set (environment or .env),
+# Litestream replicates the SQLite databases (project, MLflow, Dagster's instance) beside it and
+# stops with it (docs/REPLICATION.md); without it, dagster dev alone. `make run` never replicates.
 dev: $(STAMP) dagster-home
-	$(BIN)/dagster dev -h 127.0.0.1 -p $(DAGSTER_PORT) -w workspace.yaml
+	$(BIN)/quadra replication run --exec "$(BIN)/dagster dev -h 127.0.0.1 -p $(DAGSTER_PORT) -w workspace.yaml"
 
 # MLflow UI over the local tracking store (lean: one worker, no job runner).
 mlflow-ui: $(STAMP)
@@ -135,6 +137,20 @@ deploy-rotate-keys: docker-group
 	@sh deploy/compose/own-secrets.sh "$(QUADRA_SECRETS_DIR)"
 	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) up -d --wait --force-recreate --no-deps worker
 	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) --profile tools run --rm -T backup verify
+
+# Disaster recovery of PostgreSQL (all three databases) from the continuous archive: the server
+# and its volume are replaced, the newest base backup unpacked into a new volume, and the server
+# replays the streamed WAL as far as it goes (or to TO=2026-12-07T10:15:30Z). Then a fresh base
+# backup. docs/DISASTER_RECOVERY.md, "Complete loss of the database server".
+deploy-restore: docker-group
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) stop
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) rm -fsv postgres
+	docker volume rm -f quadra-pgdata >/dev/null
+	docker volume create --label com.docker.compose.project=quadra --label com.docker.compose.volume=pgdata quadra-pgdata >/dev/null
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) --profile tools run --rm --no-deps -T --user 0 --entrypoint quadra \
+		-v quadra-pgdata:/pgdata backup wal prepare-recovery --pgdata /pgdata $(if $(TO),--to $(TO),)
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) up -d --wait --wait-timeout 600
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) exec -T webserver dagster job launch -w /opt/dagster/app/workspace.yaml -j base_backup_job
 
 # The end-to-end test of the stack (quadra_pipeline_tests/deploy/test_stack.py): stand-ins,
 # image, up, a training run in its own container, the registry through MLflow's API, a backup,

@@ -14,6 +14,7 @@ an environment, a command line or a log. What is made, by identity (folder):
                  users it makes (pipeline, reader), its S3 credentials
     webserver/   Dagster's storage (a libpq passfile), read access to the run logs bucket
     daemon/      Dagster's storage
+    wal/         the replication role that streams PostgreSQL's WAL into the archive
     code/        Dagster's storage, the alias sensor's read-only MLflow user and alias-table role
     training/    what training, sweep and promotion runs and the Celery workers hold: the model
                  signing key, the project database's owner role, the MLflow pipeline user, S3
@@ -103,7 +104,7 @@ def base_values(old: dict[str, str]) -> dict[str, str]:
     fresh = {
         "postgres_password": token(), "dagster_password": token(), "quadra_password": token(),
         "mlflow_password": token(), "backup_password": token(), "catalogue_password": token(),
-        "aliases_password": token(), "mlflow_admin_password": token(), "mlflow_flask_secret_key": token(32),
+        "aliases_password": token(), "wal_password": token(), "mlflow_admin_password": token(), "mlflow_flask_secret_key": token(32),
         "mlflow_pipeline_password": token(), "mlflow_reader_password": token(), "secret_key": token(32),
         "broker_password": token(), "model_signing_key": "", "backup_signing_key": "",
         **{f"s3_{name}_secret": token(20) for name in S3_IDENTITIES},
@@ -136,7 +137,7 @@ def layout(v: dict[str, str]) -> dict[str, dict[str, str]]:
         "postgres": {"postgres_password": v["postgres_password"]},
         "db-init": {
             "postgres_password": v["postgres_password"],
-            **{f"{role}_password": v[f"{role}_password"] for role in ("dagster", "quadra", "mlflow", "backup", "catalogue", "aliases")},
+            **{f"{role}_password": v[f"{role}_password"] for role in ("dagster", "quadra", "mlflow", "backup", "catalogue", "aliases", "wal")},
             "database_url": pg_url("quadra", v["quadra_password"], "quadra"),
         },
         "broker": {"20-quadra.conf": f"default_user = {BROKER_USER}\ndefault_pass = {v['broker_password']}\n"},
@@ -151,6 +152,8 @@ def layout(v: dict[str, str]) -> dict[str, dict[str, str]]:
         },
         "webserver": {"dagster.pgpass": pgpass, "aws_credentials": aws_credentials("webserver", v)},
         "daemon": {"dagster.pgpass": pgpass},
+        # Streams the WAL (a replication connection only).
+        "wal": {"wal.pgpass": f"{HOST_DB}:{PORT_DB}:*:quadra_wal:{v['wal_password']}\n"},
         "code": {
             "dagster.pgpass": pgpass,
             "database_url": pg_url("quadra_aliases", v["aliases_password"], "quadra"),
@@ -174,6 +177,8 @@ def layout(v: dict[str, str]) -> dict[str, dict[str, str]]:
             "mlflow_backend_uri": pg_url("quadra_backup", v["backup_password"], "mlflow"),
             "backup_signing_key": v["backup_signing_key"],
             "secret_key": v["secret_key"],
+            # Base backups into the continuous archive (a replication connection).
+            "wal_url": pg_url("quadra_wal", v["wal_password"], "postgres"),
             "aws_credentials": aws_credentials("backup", v),
             # The drill checks the champion's signature; verify and restore check older backups.
             "model-keyring.pem": public_of(v["model_signing_key"]),
@@ -204,7 +209,7 @@ def existing_values(root: Path) -> dict[str, str]:
         "model_signing_key": read("training/model_signing_key"),
         "backup_signing_key": read("backup/backup_signing_key"),
     }
-    for role in ("dagster", "quadra", "mlflow", "backup", "catalogue", "aliases"):
+    for role in ("dagster", "quadra", "mlflow", "backup", "catalogue", "aliases", "wal"):
         found[f"{role}_password"] = read(f"db-init/{role}_password")
     conf = read("broker/20-quadra.conf") or ""
     for line in conf.splitlines():

@@ -38,5 +38,5 @@ objects_owner="$(user_of "$objects_image" seaweed)"  # it starts as root, then r
 own "$postgres_owner" postgres
 own "$broker_owner" broker
 own "$objects_owner" objects
-own 10001:10001 db-init mlflow webserver daemon code training backup public
+own 10001:10001 db-init mlflow webserver daemon code training backup wal public
 echo "deploy-secrets: each identity's files belong to the user its container runs as (mode 600)"

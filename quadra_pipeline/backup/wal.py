@@ -127,9 +127,18 @@ def base_backups(root: str | os.PathLike[str]) -> list[BaseBackup]:
     return found
 
 
+def stream_dirs(root: str | os.PathLike[str]) -> list[Path]:
+    """The receiver's folder and those of earlier streams (`wal-<time>`: set aside by a recovery,
+    when the server started a new timeline and the receiver a new folder), oldest first."""
+    root = Path(root)
+    earlier = sorted(p for p in root.glob(f"{WAL_DIR}-*") if p.is_dir())
+    return [*earlier, *([root / WAL_DIR] if (root / WAL_DIR).is_dir() else [])]
+
+
 def segments(root: str | os.PathLike[str]) -> list[Path]:
-    folder = Path(root) / WAL_DIR
-    return sorted(p for p in folder.iterdir() if _SEGMENT.match(p.name)) if folder.is_dir() else []
+    """Every archived segment, of every stream."""
+    return sorted((p for folder in stream_dirs(root) for p in folder.iterdir() if _SEGMENT.match(p.name)),
+                  key=lambda p: (p.name.split(".")[0][8:], p.name))
 
 
 def newest_wal_time(root: str | os.PathLike[str]) -> dt.datetime | None:
@@ -226,9 +235,13 @@ def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str
     (pgdata / "pg_wal").mkdir(exist_ok=True)
     with tarfile.open(folder / "pg_wal.tar.gz") as tar:
         tar.extractall(pgdata / "pg_wal", filter="data")
-    wal = f"{archive_mount}/{WAL_DIR}"
+    # The server recovers into a new timeline; the receiver starts a new folder for it, and the
+    # stream so far is set aside (kept: it is what this recovery, and any later one, replays).
+    if (root / WAL_DIR).is_dir() and any((root / WAL_DIR).iterdir()):
+        os.rename(root / WAL_DIR, root / f"{WAL_DIR}-{_utc_now().strftime('%Y%m%dT%H%M%SZ')}")
+    (root / WAL_DIR).mkdir(exist_ok=True)
     settings = [
-        f"restore_command = 'cp {wal}/%f %p 2>/dev/null || cp {wal}/%f.partial %p'",
+        "restore_command = '" + _restore_command(archive_mount) + "'",
         "recovery_target_action = 'promote'",
         "recovery_target_timeline = 'latest'",
     ]
@@ -239,6 +252,13 @@ def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str
     (pgdata / "recovery.signal").touch()
     os.chmod(pgdata, 0o700)
     return chosen
+
+
+def _restore_command(archive_mount: str) -> str:
+    """A segment from whichever stream holds it, the one being written (.partial) included."""
+    return (f"for d in {archive_mount}/{WAL_DIR}-* {archive_mount}/{WAL_DIR}; do "
+            "if [ -f $d/%f ]; then exec cp $d/%f %p; fi; if [ -f $d/%f.partial ]; then exec cp $d/%f.partial %p; fi; "
+            "done; exit 1")
 
 
 def replication_lag(url: str, *, timeout: float = 10) -> float:

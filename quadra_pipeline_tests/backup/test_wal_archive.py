@@ -90,7 +90,11 @@ def test_a_recovery_starts_from_the_newest_base_backup_before_the_target(archive
     assert (pgdata / "recovery.signal").exists() and (pgdata / "PG_VERSION").read_text() == "15\n"
     assert (pgdata / "pg_wal" / chosen.start_segment).exists()
     conf = (pgdata / "postgresql.auto.conf").read_text()
-    assert "restore_command = 'cp /wal-archive/wal/%f %p 2>/dev/null || cp /wal-archive/wal/%f.partial %p'" in conf
+    assert "restore_command = 'for d in /wal-archive/wal-* /wal-archive/wal; do if [ -f $d/%f ]; then exec cp $d/%f %p; fi; " in conf
+    # The stream so far is set aside for the new timeline's receiver, and still counts.
+    assert (archive / WAL_DIR).is_dir() and not any((archive / WAL_DIR).iterdir())
+    assert len([p for p in archive.iterdir() if p.name.startswith("wal-")]) == 1
+    assert kept_range(archive).continuous_to == NOW - dt.timedelta(seconds=2)
     assert f"recovery_target_time = '{target.isoformat()}'" in conf and "recovery_target_action = 'promote'" in conf
     assert oct(pgdata.stat().st_mode & 0o777) == "0o700"
     with pytest.raises(WalArchiveError, match="is not empty"):

@@ -27,7 +27,7 @@ PHASES: list[tuple[str, float, str]] = []
 
 PROJECT = "quadra"
 RUN_LABEL = "io.quadra.role=run"
-SERVICES = ("postgres", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker")
+SERVICES = ("postgres", "wal", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker")
 
 
 class StackError(AssertionError):

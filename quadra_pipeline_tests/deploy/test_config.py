@@ -19,14 +19,15 @@ from quadra_pipeline.keys import load_pair
 from quadra_pipeline_tests.defs.conftest import REPO_ROOT
 
 COMPOSE_DIR = REPO_ROOT / "deploy" / "compose"
-LONG_RUNNING = ("postgres", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker")
+LONG_RUNNING = ("postgres", "wal", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker")
 ONE_SHOT = ("db-init",)
 TOOLS = ("backup",)  # `docker compose --profile tools run --rm backup ...`
 #: Who holds which secret files (README, "Deployment": the table), by the name it reads them as.
 IDENTITIES = {
     "postgres": {"postgres_password"},
     "db-init": {"postgres_password", "dagster_password", "quadra_password", "mlflow_password", "backup_password",
-                "catalogue_password", "aliases_password", "database_url"},
+                "catalogue_password", "aliases_password", "wal_password", "database_url"},
+    "wal": {"wal.pgpass"},
     "broker": {"/etc/rabbitmq/conf.d/20-quadra.conf"},
     "objects": {"s3.json"},
     "mlflow": {"backend_store_uri", "admin_password", "flask_secret_key", "pipeline_password", "reader_password",
@@ -37,13 +38,13 @@ IDENTITIES = {
     "worker": {"dagster.pgpass", "database_url", "mlflow_password", "model_signing_key", "celery_broker_url",
                "aws_credentials", "model-keyring.pem"},
     "backup": {"dagster.pgpass", "database_url", "backup_database_url", "mlflow_backend_uri", "backup_signing_key",
-               "secret_key", "aws_credentials", "model-keyring.pem", "backup-keyring.pem"},
+               "secret_key", "aws_credentials", "model-keyring.pem", "backup-keyring.pem", "wal_url"},
 }
 RUN_IDENTITIES = {
     "training": {"dagster.pgpass", "database_url", "mlflow_password", "model_signing_key", "celery_broker_url",
                  "aws_credentials", "model-keyring.pem"},
     "backup": {"dagster.pgpass", "database_url", "backup_database_url", "mlflow_backend_uri", "backup_signing_key",
-               "secret_key", "aws_credentials", "model-keyring.pem", "backup-keyring.pem"},
+               "secret_key", "aws_credentials", "model-keyring.pem", "backup-keyring.pem", "wal_url"},
 }
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|PRIVATE|TOKEN|_KEY$|DATABASE_URL$|BACKEND_URI$|BROKER_URL$")
 
@@ -91,7 +92,7 @@ def test_every_service_has_a_health_check_a_restart_policy_and_waits_on_health(c
             assert condition == {"condition": wanted}, (name, dependency)
     assert services["db-init"]["restart"] == "no" and services["backup"]["restart"] == "no"
     checks = {name: " ".join(services[name]["healthcheck"]["test"]) for name in LONG_RUNNING}
-    assert "pg_isready" in checks["postgres"] and "rabbitmq-diagnostics" in checks["broker"]
+    assert "pg_isready" in checks["postgres"] and "rabbitmq-diagnostics" in checks["broker"] and ".partial" in checks["wal"]
     assert "/health" in checks["mlflow"] and "/run/quadra/ready" in checks["mlflow"]  # healthy once its users exist
     assert "grpc-health-check" in checks["code"] and "/server_info" in checks["webserver"]
     assert "liveness-check" in checks["daemon"] and "worker --ping" in checks["worker"]
@@ -185,7 +186,8 @@ def test_the_image_context_holds_only_wheels_and_the_deployment_files_it_runs():
     assert rules[0] == "*"
     assert sorted(rules[1:]) == sorted(["!build/wheels/deps/*.whl", "!build/wheels/project/*.whl",
                                         "!deploy/compose/dagster.yaml", "!deploy/compose/workspace.yaml",
-                                        "!deploy/compose/mlflow-server.sh", "!deploy/compose/db-init/*"])
+                                        "!deploy/compose/mlflow-server.sh", "!deploy/compose/db-init/*",
+                                        "!deploy/compose/wal/*"])
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "# syntax" not in dockerfile  # BuildKit would pull that frontend image
     assert "USER quadra" in dockerfile and "PIP_NO_INDEX=1" in dockerfile and "postgresql-client-15" in dockerfile

@@ -45,7 +45,7 @@ from .k8s_schemas import (
 HELM = REPO_ROOT / "deploy" / "helm"
 VENDOR = Path(__file__).parent / "vendor" / "dagster-helm"
 SUBCHART_SCHEMA = "charts/dagster-user-deployments/values.schema.json"
-JOBS = ("training_job", "sweep_job", "promote_model_job", "backup_job")
+JOBS = ("training_job", "sweep_job", "promote_model_job", "backup_job", "base_backup_job")
 DAGSTER_HOME = "/opt/dagster/dagster_home"  # the chart's global.dagsterHome default
 
 # The identity split (README, "Kubernetes"): each Kubernetes secret and the keys it holds...
@@ -70,6 +70,7 @@ POD_SECRETS = {
     "sweep_job": DAGSTER_STORAGE | {"quadra-training"},
     "promote_model_job": DAGSTER_STORAGE | {"quadra-training"},
     "backup_job": DAGSTER_STORAGE | {"quadra-backup"},
+    "base_backup_job": DAGSTER_STORAGE | {"quadra-backup"},
     "mlflow": {"quadra-postgres-ca", "quadra-mlflow"},
 }
 # Containers allowed a writable root filesystem, with the reason (none today).
@@ -519,7 +520,8 @@ def test_each_pod_holds_its_identitys_secrets_and_no_other(merged):
         keys = {key for v in secret_volumes(pod).values() for key in v["keys"]}
         signing = {key for key in keys if key.endswith("signing.pem")}
         expected = {"training_job": {"model-signing.pem"}, "sweep_job": {"model-signing.pem"},
-                    "promote_model_job": {"model-signing.pem"}, "backup_job": {"backup-signing.pem"}}.get(name, set())
+                    "promote_model_job": {"model-signing.pem"}, "backup_job": {"backup-signing.pem"},
+                    "base_backup_job": {"backup-signing.pem"}}.get(name, set())
         assert signing == expected, (name, signing)
 
 
@@ -590,7 +592,7 @@ def test_each_job_has_an_identity_and_its_config_is_valid_kubernetes():
     config = run_config()
     assert set(config["jobs"]) == set(JOBS)
     assert set(config["jobs"].values()) == set(config["identities"]) == {"training", "backup"}
-    assert {job for job, identity in config["jobs"].items() if identity == "backup"} == {"backup_job"}
+    assert {job for job, identity in config["jobs"].items() if identity == "backup"} == {"backup_job", "base_backup_job"}
     defs = "\n".join(p.read_text() for p in (REPO_ROOT / "quadra_pipeline" / "defs").rglob("*.py"))
     assert all(job in defs for job in JOBS)  # the jobs the tags are for exist
     for identity, tag in config["identities"].items():

@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 #: What each service may hold (README, "Deployment": who holds what), by the files mounted.
 TABLE = {
     "postgres": {"/run/secrets/postgres_password"},
+    "wal": {"/run/secrets/wal.pgpass"},
     "broker": {"/etc/rabbitmq/conf.d/20-quadra.conf"},
     "objects": {"/run/secrets/s3.json"},
     "mlflow": {f"/run/secrets/{n}" for n in ("backend_store_uri", "admin_password", "flask_secret_key",
@@ -42,7 +43,7 @@ RUNS = {
     "training": {"dagster.pgpass", "database_url", "mlflow_password", "model_signing_key", "celery_broker_url",
                  "aws_credentials", "model-keyring.pem"},
     "backup": {"dagster.pgpass", "database_url", "backup_database_url", "mlflow_backend_uri", "backup_signing_key",
-               "secret_key", "aws_credentials", "model-keyring.pem", "backup-keyring.pem"},
+               "secret_key", "aws_credentials", "model-keyring.pem", "backup-keyring.pem", "wal_url"},
 }
 SWEEP = {"ops": {"corpus": {"config": {"training_rows": 1200}},
                  "hyperparameter_sweep": {"config": {"grid": {"seed": [0, 1, 2, 3]},

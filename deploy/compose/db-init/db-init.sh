@@ -6,7 +6,7 @@
 # The superuser's password reaches psql through a passfile made here in a private tmpfs.
 set -eu
 secret() { [ -s "/run/secrets/$1" ] || { echo "db-init: the secret file /run/secrets/$1 is missing or empty (make deploy-secrets)" >&2; exit 1; }; }
-for name in postgres_password dagster_password quadra_password mlflow_password backup_password catalogue_password aliases_password database_url; do
+for name in postgres_password dagster_password quadra_password mlflow_password backup_password catalogue_password aliases_password wal_password database_url; do
   secret "$name"
 done
 umask 077

@@ -10,9 +10,10 @@
 \set backup_password `cat /run/secrets/backup_password`
 \set catalogue_password `cat /run/secrets/catalogue_password`
 \set aliases_password `cat /run/secrets/aliases_password`
+\set wal_password `cat /run/secrets/wal_password`
 
 SELECT format('CREATE ROLE %I', name) FROM unnest(ARRAY['dagster', 'quadra', 'mlflow', 'quadra_backup',
-  'quadra_catalogue', 'quadra_aliases']) AS name WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) \gexec
+  'quadra_catalogue', 'quadra_aliases', 'quadra_wal']) AS name WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) \gexec
 
 -- Owners: Dagster's storage, the project's database, MLflow's database. The project's and
 -- MLflow's may create databases: an in-place restore restores into new ones and renames them.
@@ -26,6 +27,11 @@ GRANT pg_read_all_data TO quadra_backup;
 -- The backup catalogue (the `backups` table) and the alias-history sensor: their tables only.
 ALTER ROLE quadra_catalogue WITH LOGIN NOCREATEDB PASSWORD :'catalogue_password';
 ALTER ROLE quadra_aliases WITH LOGIN NOCREATEDB PASSWORD :'aliases_password';
+-- The code server's sensors read the server's statistics (the WAL receiver's lag) too.
+GRANT pg_monitor TO quadra_aliases;
+-- Continuous archiving: streams the WAL and takes base backups (a replication connection only:
+-- it can read everything physically, change nothing).
+ALTER ROLE quadra_wal WITH LOGIN REPLICATION NOCREATEDB PASSWORD :'wal_password';
 
 SELECT format('CREATE DATABASE %I OWNER %I', name, name) FROM unnest(ARRAY['dagster', 'quadra', 'mlflow']) AS name
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = name) \gexec

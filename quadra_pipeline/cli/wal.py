@@ -1,0 +1,99 @@
+"""`quadra wal ...`: PostgreSQL's continuous archive (base backups and the streamed WAL).
+
+    quadra wal status [--json]                  what can be recovered (QUADRA_WAL_ARCHIVE)
+    quadra wal base-backup                      a base backup now (QUADRA_WAL_URL: a role with REPLICATION)
+    quadra wal prepare-recovery --pgdata DIR [--to TIME]
+                                                an empty data directory made ready to recover
+                                                (to TIME, or as far as the archive goes)
+
+The Compose stack runs the last one in `make deploy-restore` (docs/DISASTER_RECOVERY.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+from ._common import CommandError
+
+
+def _when(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601, e.g. 2026-12-07T10:15:30Z)") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: give one (e.g. a trailing Z for UTC)")
+    return moment
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("wal", help="PostgreSQL's continuous archive: status, base backups, recovery",
+                                 description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="wal_command", metavar="COMMAND", required=True, parser_class=type(parser))
+    status = sub.add_parser("status", help="what the archive can recover")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+    base = sub.add_parser("base-backup", help="take a base backup into the archive, then apply retention")
+    base.set_defaults(handler=cmd_base_backup)
+    prepare = sub.add_parser("prepare-recovery", help="make an empty data directory ready to recover from the archive")
+    prepare.add_argument("--pgdata", type=Path, required=True, help="the empty data directory (the new volume)")
+    prepare.add_argument("--to", type=_when, default=None, help="recover to this moment (default: as far as the WAL goes)")
+    prepare.add_argument("--archive-mount", default="/wal-archive",
+                         help="where the PostgreSQL server will see the archive (default /wal-archive)")
+    prepare.set_defaults(handler=cmd_prepare)
+
+
+def _archive() -> Path:
+    from ..settings import load_settings
+
+    archive = load_settings().wal_archive
+    if archive is None:
+        raise CommandError("QUADRA_WAL_ARCHIVE is not set: the folder of PostgreSQL's continuous archive")
+    if not archive.is_dir():
+        raise CommandError(f"QUADRA_WAL_ARCHIVE={archive} is not a folder")
+    return archive
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ..backup.wal import base_backups, kept_range, newest_wal_time
+
+    archive = _archive()
+    kept, backups = kept_range(archive), base_backups(archive)
+    newest = newest_wal_time(archive)
+    if args.json:
+        print(json.dumps({"archive": str(archive), "recoverable": kept.describe(),
+                          "continuous_from": kept.continuous_from.isoformat() if kept.continuous_from else None,
+                          "continuous_to": kept.continuous_to.isoformat() if kept.continuous_to else None,
+                          "base_backups": [b.as_dict() for b in backups],
+                          "newest_wal": newest.isoformat() if newest else None}, indent=2))
+        return 0
+    print(f"archive {archive}: can recover {kept.describe()}")
+    for backup in backups:
+        print(f"  base backup {backup.name}: ended {backup.ended.isoformat(timespec='seconds')}, {backup.bytes} bytes")
+    return 0
+
+
+def cmd_base_backup(args: argparse.Namespace) -> int:
+    from ..backup.wal import prune, take_base_backup
+    from ..settings import load_settings
+
+    settings = load_settings()
+    if not settings.wal_url:
+        raise CommandError("QUADRA_WAL_URL (or QUADRA_WAL_URL_FILE) is not set: a role with REPLICATION")
+    backup = take_base_backup(settings.wal_url, _archive(), timeout=settings.backup_dump_timeout)
+    removed = prune(_archive())
+    print(f"base backup {backup.name}: {backup.bytes} bytes; pruned {len(removed['base_backups'])} base backup(s), "
+          f"{len(removed['segments'])} segment(s)")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..backup.wal import prepare_recovery
+
+    chosen = prepare_recovery(_archive(), args.pgdata, target=args.to, archive_mount=args.archive_mount)
+    target = args.to.isoformat() if args.to else "as far as the archived WAL goes"
+    print(f"{args.pgdata}: base backup {chosen.name} unpacked; PostgreSQL recovers to {target} when it starts")
+    return 0

@@ -1,0 +1,120 @@
+"""Continuous archiving in the asset graph: PostgreSQL's base backups on a schedule, and the
+replication's health as a check that fails when the WAL receiver lags (`backup/wal.py`).
+
+`wal_archive` is the archive (base backups and the streamed WAL on another host's volume). Its
+base backups are taken by `base_backup_job` (daily, like the hourly backup a schedule, with the
+backup identity), pruned by the backup retention. Its check `replication_lag` fails when the
+WAL receiver is more than `QUADRA_REPLICATION_MAX_LAG` (60 s) behind the server, or not
+streaming at all; `replication_lag_sensor` evaluates it every 30 s from the code server, so the
+UI always shows the replication's health without a run per minute. Where continuous archiving
+is not configured (the embedded SQLite default) nothing here runs; Litestream's replication of
+the SQLite databases has its own lag (`quadra_pipeline/replication/`).
+"""
+
+import time
+
+import dagster as dg
+
+from ...settings import load_settings
+from ..common import OWNER, identity_tags
+
+WAL_ARCHIVE = dg.AssetKey("wal_archive")
+SENSOR_SECONDS = 30
+
+
+def _configured() -> bool:
+    settings = load_settings()
+    return settings.wal_archive is not None
+
+
+@dg.asset(
+    key=WAL_ARCHIVE,
+    group_name="backup",
+    kinds={"postgres"},
+    owners=[OWNER],
+    pool="backup",
+    description="PostgreSQL's continuous archive: base backups (pg_basebackup) and the WAL streamed since "
+    "(pg_receivewal, the stack's `wal` service), on another host; any second of the last 7 days can be recovered.",
+)
+def wal_archive(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    from ...backup.wal import kept_range, prune, take_base_backup
+
+    settings = load_settings()
+    if settings.wal_archive is None or not settings.wal_url:
+        raise dg.Failure("continuous archiving is not configured: set QUADRA_WAL_ARCHIVE (the archive folder) and "
+                         "QUADRA_WAL_URL_FILE (a role with REPLICATION)")
+    started = time.perf_counter()
+    backup = take_base_backup(settings.wal_url, settings.wal_archive, timeout=settings.backup_dump_timeout)
+    removed = prune(settings.wal_archive)
+    kept = kept_range(settings.wal_archive)
+    context.log.info(f"base backup {backup.name}: {backup.bytes} bytes; kept: {kept.describe()}; "
+                     f"pruned {len(removed['base_backups'])} base backup(s), {len(removed['segments'])} WAL segment(s)")
+    return dg.MaterializeResult(metadata={
+        "base_backup": backup.name,
+        "bytes": dg.MetadataValue.int(backup.bytes),
+        "seconds": round(time.perf_counter() - started, 2),
+        "recoverable": kept.describe(),
+        "pruned_base_backups": dg.MetadataValue.json(removed["base_backups"]),
+        "pruned_segments": len(removed["segments"]),
+    })
+
+
+@dg.asset_check(asset=WAL_ARCHIVE, name="replication_lag",
+                description="The WAL receiver is streaming and at most QUADRA_REPLICATION_MAX_LAG (60 s) behind the server "
+                "(evaluated every 30 s by replication_lag_sensor).")
+def replication_lag_check() -> dg.AssetCheckResult:
+    return _lag_evaluation_result()
+
+
+def _lag_evaluation_result() -> dg.AssetCheckResult:
+    from ...backup.wal import WalArchiveError, replication_lag
+
+    settings = load_settings()
+    limit = settings.replication_max_lag
+    try:
+        lag = replication_lag(settings.database_url)
+    except WalArchiveError as exc:
+        return dg.AssetCheckResult(passed=False, description=str(exc), metadata={"limit_seconds": limit})
+    except Exception as exc:  # noqa: BLE001 - a server that cannot be asked is a failed check, said
+        return dg.AssetCheckResult(passed=False, description=f"cannot read the replication's state: {str(exc).splitlines()[0][:300]}",
+                                   metadata={"limit_seconds": limit})
+    return dg.AssetCheckResult(
+        passed=lag <= limit,
+        description=f"the WAL receiver is {lag:.1f} s behind (limit {limit:g} s)",
+        metadata={"lag_seconds": round(lag, 3), "limit_seconds": limit},
+    )
+
+
+@dg.sensor(
+    name="replication_lag_sensor",
+    minimum_interval_seconds=SENSOR_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Every 30 s: the WAL receiver's lag, as the wal_archive asset's replication_lag check (where PostgreSQL "
+    "is archived continuously: QUADRA_WAL_ARCHIVE).",
+)
+def replication_lag_sensor(context: dg.SensorEvaluationContext):
+    if not _configured():
+        return dg.SkipReason("continuous archiving is not configured here (QUADRA_WAL_ARCHIVE)")
+    result = _lag_evaluation_result()
+    evaluation = dg.AssetCheckEvaluation(
+        asset_key=WAL_ARCHIVE, check_name="replication_lag", passed=result.passed,
+        metadata=result.metadata, description=result.description,
+    )
+    return dg.SensorResult(asset_events=[evaluation])
+
+
+base_backup_job = dg.define_asset_job(
+    name="base_backup_job",
+    selection=[WAL_ARCHIVE],
+    description="A base backup of PostgreSQL into the continuous archive, then retention.",
+    tags={"quadra/backup": "true", "quadra/steps-in-run-process": "true", **identity_tags("backup")},
+)
+
+daily_base_backup_schedule = dg.ScheduleDefinition(
+    name="daily_base_backup_schedule",
+    job=base_backup_job,
+    cron_schedule="30 2 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING if _configured() else dg.DefaultScheduleStatus.STOPPED,
+    description="Every day at 02:30 UTC: a base backup into PostgreSQL's continuous archive (running where it is configured).",
+)
