@@ -201,6 +201,50 @@ def test_an_unchanged_postgres_database_dumps_to_the_same_bytes_without_its_cata
 
 
 @pytest.mark.postgres
+def test_the_dump_counts_its_own_rows_and_reads_no_table_twice(
+    new_postgres_database: Callable[[], str], home: Home, tmp_path: Path
+) -> None:
+    """The hourly load on the live server: each table is read once, by pg_dump's COPY; the row
+    counts in `sources` come from that stream (its COPY blocks), not from a `count(*)` of
+    every table in the same snapshot. Rows with newlines, backslashes and a line that reads
+    `\\.`, an empty table, a quoted name and another schema are counted right."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    project = new_postgres_database()
+    fill_postgres(project, 40)
+    engine = create_engine(normalize_url(project))
+    with engine.begin() as connection:
+        connection.exec_driver_sql('CREATE TABLE "odd ""name" (note TEXT)')
+        connection.exec_driver_sql("INSERT INTO \"odd \"\"name\" VALUES (E'a\\nb'), (E'\\\\.'), (E'x\\n\\\\.\\ny'), (NULL)")
+        connection.exec_driver_sql("CREATE TABLE empty_one (x INT)")
+        connection.exec_driver_sql("CREATE TABLE backups (id SERIAL PRIMARY KEY, backup_id TEXT)")
+        connection.exec_driver_sql("INSERT INTO backups (backup_id) VALUES ('b1')")
+    engine.dispose()
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        with home.snapshot(database_url=project, mlflow_tracking_uri="http://mlflow:5000") as snapshot:
+            dump = dump_of(snapshot, "project-db/quadra.sql", tmp_path / "counted.sql")
+            part = snapshot.sources["parts"]["project-db"]
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    assert not [s for s in statements if "count(" in s.lower()], statements
+    assert part["tables"] == {"alembic_version": 1, "runs": 40, "extra.things": 3, 'odd "name': 4, "empty_one": 0, "backups": 0}
+    assert part["counted_from"] == "the dump's COPY blocks"
+    target = new_postgres_database()
+    restore_dump(dump, target)
+    check = create_engine(normalize_url(target))
+    with check.connect() as connection:
+        assert connection.exec_driver_sql('SELECT count(*) FROM "odd ""name"').scalar() == 4
+    check.dispose()
+
+
+@pytest.mark.postgres
 def test_postgres_counts_match_the_dump_while_writes_continue(
     new_postgres_database: Callable[[], str], home: Home, tmp_path: Path
 ) -> None:
