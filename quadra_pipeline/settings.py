@@ -122,6 +122,18 @@ class Settings(BaseSettings):
     backup_dump_timeout: float = Field(3600.0, alias="QUADRA_BACKUP_DUMP_TIMEOUT", gt=0, le=7 * 24 * 3600)
     # Deep verification re-reads 1/N of the stored chunks each run, all of them within N runs.
     backup_verify_runs: int = Field(24, alias="QUADRA_BACKUP_VERIFY_RUNS", ge=1, le=100_000)
+    # The off-site copy of the backup repository (backup/offsite.py), pushed after each backup:
+    # s3://bucket[/prefix] (credentials and endpoint the AWS way) or a folder. Unset: none.
+    backup_offsite: str | None = Field(None, alias="QUADRA_BACKUP_OFFSITE")
+    # Continuous replication of the SQLite databases with Litestream (replication/): a folder or
+    # s3://bucket[/prefix]; unset: off. Its check fails when a database's lag passes the limit (s).
+    replica: str | None = Field(None, alias="QUADRA_REPLICA")
+    replication_max_lag: float = Field(60.0, alias="QUADRA_REPLICATION_MAX_LAG", gt=0, le=7 * 24 * 3600)
+
+    @field_validator("backup_offsite", "replica", mode="before")
+    @classmethod
+    def _blank_location_is_unset(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
     # Step isolation on Kubernetes: QUADRA_RUN_EXECUTOR=k8s_job runs each step as its own pod.
     run_executor: RunExecutor = Field(RunExecutor.in_process, alias="QUADRA_RUN_EXECUTOR")
     # QUADRA_RUN_EXECUTOR=celery: the broker and result backend (URLs may carry passwords).
