@@ -3,8 +3,11 @@
 Dump: `pg_dump --format=plain` without compression, streamed straight into the repository (no
 temporary file), so an unchanged database gives the same bytes every hour (the chunks are then
 all known: ~0 new bytes) and a changed one costs about what changed. The dump runs in a snapshot
-exported from a REPEATABLE READ transaction (`pg_export_snapshot`), and the Alembic revision and
-row counts recorded in `sources` are read in that same snapshot. psql's `\\restrict` key (which
+exported from a REPEATABLE READ transaction (`pg_export_snapshot`), and the Alembic revision is
+read in that same snapshot; the row counts recorded in `sources` are counted from the dump's own
+COPY blocks as they stream by (`CopyCounter`), so each table is read once an hour, by pg_dump,
+and never by a `count(*)`. pg_dump waits at most `LOCK_WAIT` for its table locks (a migration
+holding one fails the dump, not every query queued behind it). psql's `\\restrict` key (which
 new pg_dump versions draw at random on every run) is derived from the deployment's secret, so
 it is stable and unknown to the database's content. The password goes in `PGPASSWORD`, never
 on a command line; the dump is killed after `timeout` seconds.
@@ -35,6 +38,10 @@ from .errors import BackupError, SnapshotError
 
 PG_CONNECT_TIMEOUT_S = 10
 DUMP_TIMEOUT_S = 3600
+#: pg_dump's wait for its ACCESS SHARE table locks: a session holding an exclusive lock (a
+#: migration) fails the hourly dump after this, rather than every later query queueing behind
+#: the dump's waiting lock request.
+LOCK_WAIT = "60s"
 #: libpq connection parameters passed on from a URL's query string (never secrets).
 _LIBPQ_PARAMS = frozenset(
     {
@@ -165,7 +172,7 @@ def dump_stream(
     what = f"cannot back up the {label} {mask_url(parsed)}"
     pg_dump = tool("pg_dump", what)
     conninfo, env = libpq(parsed)
-    argv = [pg_dump, "--format=plain", "--no-owner", "--no-privileges", "--no-password"]
+    argv = [pg_dump, "--format=plain", "--no-owner", "--no-privileges", "--no-password", f"--lock-wait-timeout={LOCK_WAIT}"]
     if _supports(pg_dump, "--restrict-key"):
         seed = f"{secret or 'quadra-backup'}\0{parsed.host}\0{parsed.database}".encode()
         argv.append(f"--restrict-key={hashlib.sha256(seed).hexdigest()[:32]}")
@@ -184,7 +191,7 @@ def dump_stream(
                 if connection.exec_driver_sql("SELECT to_regclass('alembic_version')").scalar() is not None:
                     revision = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
                 part["alembic_revision"] = None if revision is None else str(revision)
-                part["tables"] = _row_counts(connection, leave_out_data)
+                tables = _tables(connection)  # (the catalogue only: no table is read here)
                 if leave_out_data:
                     part["left_out_data"] = sorted(leave_out_data)
                 part["pg_dump_version"] = tool_version(pg_dump)
@@ -194,7 +201,11 @@ def dump_stream(
                 with child_stream(argv + [f"--snapshot={snapshot_id}", f"--dbname={conninfo}"], env=env, what=what,
                                   name="pg_dump", timeout=timeout, error=SnapshotError,
                                   failure=lambda code, text: f"pg_dump failed (exit {code}): {_detail(text, parsed.password)}") as dump:
-                    yield dump.stdout
+                    counter = CopyCounter(dump.stdout)
+                    yield counter
+                counted = counter.counts()
+                part["tables"] = {name: counted.get(name, 0) for name in tables} | counted
+                part["counted_from"] = "the dump's COPY blocks"
     except DBAPIError as exc:
         detail = _first_line(getattr(exc, "orig", None) or exc)
         raise SnapshotError(f"{what}: {detail.replace(parsed.password, '***') if parsed.password else detail}") from None
@@ -213,18 +224,101 @@ def _owned_sequences(connection: Any, tables: tuple[str, ...]) -> list[str]:
     return sorted(str(row[0]) for row in rows)
 
 
-def _row_counts(connection: Any, leave_out: tuple[str, ...]) -> dict[str, int]:
+def _tables(connection: Any) -> list[str]:
+    """Every base table, named as `sources` names them (`table` in public, else `schema.table`)."""
     rows = connection.exec_driver_sql(
         "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
         "AND table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY table_schema, table_name"
     ).all()
-    counts: dict[str, int] = {}
-    for schema, table in rows:
-        name = table if schema == "public" else f"{schema}.{table}"
-        counts[name] = 0 if name in leave_out else int(
-            connection.exec_driver_sql(f'SELECT count(*) FROM "{_ident(schema)}"."{_ident(table)}"').scalar_one()
-        )
-    return counts
+    return [table if schema == "public" else f"{schema}.{table}" for schema, table in rows]
+
+
+class CopyCounter:
+    """pg_dump's plain output, passed on unchanged, its rows counted as they go by: in the text
+    COPY format each row is one line (a newline or a backslash in a value is escaped), and a
+    block ends at the line `\\.`, which no row can be. Blocks are counted with `bytes.find` and
+    `bytes.count` (no per-row Python work); only the lines outside COPY blocks (the schema) are
+    looked at one by one."""
+
+    _END = b"\\.\n"
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._pending = b""
+        self._table: str | None = None
+        self._rows: dict[str, int] = {}
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        if data:
+            self._feed(data)
+        return data
+
+    def counts(self) -> dict[str, int]:
+        if self._table is not None:
+            raise SnapshotError(f"the dump ended inside the COPY block of {self._table}")
+        return dict(self._rows)
+
+    def _feed(self, data: bytes) -> None:
+        buffer = self._pending + data if self._pending else data
+        position = 0
+        while True:
+            if self._table is None:
+                newline = buffer.find(b"\n", position)
+                if newline < 0:
+                    break
+                line = buffer[position:newline]
+                position = newline + 1
+                if line.startswith(b"COPY ") and line.endswith(b" FROM stdin;"):
+                    self._table = _copy_table(line)
+                    self._rows.setdefault(self._table, 0)
+                continue
+            if buffer.startswith(self._END, position):  # (at a line's start)
+                self._table = None
+                position += len(self._END)
+                continue
+            end = buffer.find(b"\n" + self._END, position)
+            if end >= 0:
+                self._rows[self._table] += buffer.count(b"\n", position, end + 1)
+                position = end + 1
+                continue
+            last = buffer.rfind(b"\n", position)
+            if last >= 0:
+                self._rows[self._table] += buffer.count(b"\n", position, last + 1)
+                position = last + 1
+            break
+        self._pending = buffer[position:]
+
+
+def _copy_table(line: bytes) -> str:
+    """`COPY public."odd ""name" (a, b) FROM stdin;` -> 'odd "name' (another schema: schema.table)."""
+    text, parts, at = line[len(b"COPY "):].decode("utf-8", "replace"), [], 0
+    while at < len(text):
+        if text[at] == '"':
+            end, name = at + 1, []
+            while end < len(text):
+                if text[end] == '"' and text[end + 1:end + 2] == '"':
+                    name.append('"')
+                    end += 2
+                elif text[end] == '"':
+                    break
+                else:
+                    name.append(text[end])
+                    end += 1
+            parts.append("".join(name))
+            at = end + 1
+        else:
+            end = at
+            while end < len(text) and text[end] not in '. (':
+                end += 1
+            parts.append(text[at:end])
+            at = end
+        if at < len(text) and text[at] == ".":
+            at += 1
+            continue
+        break
+    schema, table = (parts[0], parts[1]) if len(parts) > 1 else ("public", parts[0])
+    return table if schema == "public" else f"{schema}.{table}"
 
 
 # Restoring and swapping ---------------------------------------------------------------------
