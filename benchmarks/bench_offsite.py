@@ -74,7 +74,7 @@ def run(store, repo: BackupRepository, public: KeyPair, sources: list[SourceFile
     row["push_mb"] = first.bytes_written / 1e6
     again, row["again_s"] = timed("second push, unchanged", lambda: offsite.push(repo, store))
     row["again_bytes"] = again.bytes_written
-    change_rows(sources[0].path)
+    change_rows(sources[0].source)
     repo.create(sources, sources={})
     hourly, row["hourly_s"] = timed("push after 5 changed rows", lambda: offsite.push(repo, store))
     row["hourly_bytes"] = hourly.bytes_written
@@ -104,7 +104,7 @@ def main() -> None:
         results = {}
         for kind in ("s3", "folder"):
             repo = BackupRepository(tmp / f"repo-{kind}", keys=signing, require_signature=True)
-            shutil.copyfile(sources[0].path, tmp / "db-orig")
+            shutil.copyfile(sources[0].source, tmp / "db-orig")
             repo.create(sources, sources={})
             stored = sum(p.stat().st_size for p in (repo.root / "chunks").rglob("*") if p.is_file())
             print(f"{kind}: repository {stored / 1e6:.0f} MB stored, {len(repo.chunks.known())} chunks", flush=True)
@@ -119,7 +119,7 @@ def main() -> None:
                     results[kind] = run(open_object_store(f"s3://{bucket}/backups"), repo, public, sources, tmp)
             else:
                 results[kind] = run(LocalObjectStore(tmp / "offsite"), repo, public, sources, tmp)
-            shutil.copyfile(tmp / "db-orig", sources[0].path)
+            shutil.copyfile(tmp / "db-orig", sources[0].source)
         print()
         print(f"| {args.mb} MB data home | S3 (SeaweedFS, loopback) | folder |")
         print("|---|---|---|")
