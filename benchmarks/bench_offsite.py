@@ -22,10 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quadra_pipeline.backup import BackupRepository, SourceFile  # noqa: E402
-from quadra_pipeline.backup import offsite  # noqa: E402
-from quadra_pipeline.keys import KeyPair, generate  # noqa: E402
-from quadra_pipeline.objectstore import LocalObjectStore, open_object_store  # noqa: E402
+from quadra_pipeline.backup import (
+    BackupRepository,
+    SourceFile,
+    offsite,
+)
+from quadra_pipeline.keys import KeyPair, generate
+from quadra_pipeline.objectstore import LocalObjectStore, open_object_store
 
 
 def make_home(root: Path, mb: int) -> list[SourceFile]:

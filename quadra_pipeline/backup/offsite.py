@@ -51,12 +51,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..keys import Keyring, KeyPair
+from ..keys import KeyPair, Keyring
 from ..objectstore import ObjectNotFoundError, ObjectStore, ObjectStoreError
 from . import format2, format3
 from .chunks import chunk_relpath, decode
 from .errors import BackupError, IntegrityError, UnknownBackupError, summarize
-from .history import HEAD_FORMAT, Entry, History
+from .history import HEAD_FORMAT
 from .names import check_backup_id, is_sha256, object_relpath
 from .repository import BackupRepository
 from .verification import VerifyReport

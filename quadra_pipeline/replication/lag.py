@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .litestream import MONITOR_INTERVAL_S, SYNC_INTERVAL_S, Replica, databases, replica_of
+from .litestream import (
+    MONITOR_INTERVAL_S,
+    SYNC_INTERVAL_S,
+    Replica,
+    databases,
+    replica_of,
+)
 
 LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 WAL_HEADER_BYTES = 32
@@ -155,4 +161,4 @@ def lag_problems(lags: Iterable[Lag], max_lag: float) -> list[str]:
             f"(limit {max_lag:g} s): {lag.detail}" for lag in lags if lag.seconds > max_lag]
 
 
-__all__ = ["Lag", "SYNC_INTERVAL_S", "lag_problems", "measure", "measure_lags", "replica_txid"]
+__all__ = ["SYNC_INTERVAL_S", "Lag", "lag_problems", "measure", "measure_lags", "replica_txid"]

@@ -32,7 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .litestream import Database, Replica, ReplicationError, databases, litestream, ltx_files, replica_of, restore_command
+from .litestream import (
+    Database,
+    Replica,
+    ReplicationError,
+    databases,
+    litestream,
+    ltx_files,
+    replica_of,
+    restore_command,
+)
 
 FOLDERS = {"project": "project-db", "mlflow": "mlflow-db", "dagster": "dagster/history",
            "dagster-schedules": "dagster/schedules", "dagster-runs": "dagster/history/runs"}
@@ -66,15 +75,15 @@ def parse_time(text: str) -> dt.datetime:
         raise ReplicationError(f"{text!r} is not a time: give one like 2026-12-07T10:15:30Z") from None
     if moment.tzinfo is None:
         raise ReplicationError(f"{text!r} has no time zone: add Z for UTC (2026-12-07T10:15:30Z)")
-    return moment.astimezone(dt.timezone.utc)
+    return moment.astimezone(dt.UTC)
 
 
 def _stamp(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _show(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def kept(location: str) -> Kept | None:
@@ -219,7 +228,7 @@ def restore_to(settings: Any, when: dt.datetime, target: Path, *, dagster_home: 
     started = time.perf_counter()
     replica = replica_of(settings)
     groups = databases(settings, dagster_home)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     ranges = kept_ranges(replica, groups)
     required = {g.name for g in groups if g.required}
     absent = sorted(name for name, keeps in ranges.items() if keeps is None and name in required)

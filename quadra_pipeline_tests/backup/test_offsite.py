@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from quadra_pipeline.backup import BackupRepository, IntegrityError
-from quadra_pipeline.backup import offsite
+from quadra_pipeline.backup import BackupRepository, IntegrityError, offsite
 from quadra_pipeline.backup.chunks import chunk_relpath
 from quadra_pipeline.objectstore import LocalObjectStore, open_object_store
 

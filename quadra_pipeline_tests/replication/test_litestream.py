@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -90,7 +89,7 @@ def test_litestream_replicates_a_sqlite_store_to_s3_and_restores_every_row_up_to
             project.execute("insert into t values (?, ?)", (n, time.time()))
             committed.append((n, time.time()))
             time.sleep(0.1)
-        middle = dt.datetime.fromtimestamp(committed[19][1], dt.timezone.utc)
+        middle = dt.datetime.fromtimestamp(committed[19][1], dt.UTC)
         time.sleep(SHIPPED_WITHIN_S)
         lags = lag.measure_lags(settings, dagster_home=tmp_path / "dagster")
         assert [x.name for x in lags] == ["project"] and lags[0].seconds < SHIPPED_WITHIN_S, lags
@@ -160,7 +159,7 @@ def test_point_in_time_restore_of_every_database_and_the_artifacts_it_names(tmp_
 
         step(1)
         time.sleep(2.5)  # the first run's event log is picked up and snapshotted
-        when = dt.datetime.now(dt.timezone.utc)
+        when = dt.datetime.now(dt.UTC)
         time.sleep(1.0)
         step(2)
         # The hourly backup after `when` (its artifacts: both runs, both models).
@@ -179,11 +178,11 @@ def test_point_in_time_restore_of_every_database_and_the_artifacts_it_names(tmp_
         assert sorted(p.name for p in (target / "dagster" / "history" / "runs").glob("*.db")) == \
             sorted(["index.db", f"{step.ids[0]}.db"])
         restored = sorted(p.relative_to(target).as_posix() for p in (target / "mlartifacts").rglob("*") if p.is_file())
-        assert restored == [f"mlartifacts/1/models/m-1/artifacts/model.pkl", f"mlartifacts/1/{step.ids[0]}/artifacts/metrics.json"]
+        assert restored == ["mlartifacts/1/models/m-1/artifacts/model.pkl", f"mlartifacts/1/{step.ids[0]}/artifacts/metrics.json"]
         assert result.missing_artifacts == [] and result.runs == 1 and "backup" in result.artifacts_from
 
         # Outside what is kept: refused, naming the range; nothing written.
-        for outside in (when - dt.timedelta(hours=1), dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5)):
+        for outside in (when - dt.timedelta(hours=1), dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)):
             with pytest.raises(ReplicationError, match=r"is outside what the replica keeps: from 20\d\d-.*Z .* to now"):
                 pitr.restore_to(settings, outside, tmp_path / "refused", dagster_home=dagster)
             assert not (tmp_path / "refused").exists()
