@@ -49,18 +49,37 @@ def fill_postgres(url: str, db_mb: int) -> None:
     engine.dispose()
 
 
-def run_hour(service, partition_key: str, work: Path) -> tuple[object, bool]:
+def server_reads(url: str) -> dict[str, int]:
+    """What the live database's tables have been read for so far (pg_stat_user_tables): sequential
+    scans, the rows they returned, index scans and the rows fetched through them."""
+    import sqlalchemy as sa
+
+    time.sleep(0.5)  # (a backend's counters reach the shared statistics when it ends)
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        row = connection.exec_driver_sql(
+            "SELECT coalesce(sum(seq_scan), 0), coalesce(sum(seq_tup_read), 0), coalesce(sum(idx_scan), 0), "
+            "coalesce(sum(idx_tup_fetch), 0), count(*) FROM pg_stat_user_tables").one()
+        blocks = connection.exec_driver_sql(
+            "SELECT coalesce(sum(heap_blks_read + heap_blks_hit), 0) FROM pg_statio_user_tables").scalar_one()
+    engine.dispose()
+    return {"seq_scans": int(row[0]), "rows_scanned": int(row[1]), "index_scans": int(row[2]), "rows_fetched": int(row[3]),
+            "tables": int(row[4]), "heap_blocks": int(blocks)}
+
+
+def run_hour(service, partition_key: str, work: Path) -> tuple[object, bool, object]:
     hourly = getattr(service, "hourly", None)
     if hourly is not None:
         run = hourly(partition_key=partition_key, workdir=work)
-        return run.create, run.good
+        return run.create, run.good, run.drill
     from quadra_pipeline.backup.drill import restore_drill  # an older checkout: what its asset did
 
     result = service.create(partition_key=partition_key)
     reports = service.verify([result.manifest.backup_id], deep="subset", also_read=set(result.added_chunks))
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         drill = restore_drill(service, result.manifest.backup_id, Path(tmp))
-    return result, all(r.ok for r in reports) and drill.ok
+    return result, all(r.ok for r in reports) and drill.ok, drill
 
 
 def main() -> int:
@@ -85,16 +104,21 @@ def main() -> int:
 
     service = BackupService(load_settings())
     root = service.repository.root
-    first, good = run_hour(service, "first", work)
+    first, good, _ = run_hour(service, "first", work)
     assert good, "the first backup failed its checks"
-    rows = []
+    rows, loads, drills = [], [], []
     for hour in range(args.hours):
         size, disk = tree_bytes(root), disk_bytes(root)
+        before = server_reads(args.database_url) if args.database_url else None
         started = time.perf_counter()
-        result, good = run_hour(service, f"hour {hour + 1}", work)
+        result, good, drill = run_hour(service, f"hour {hour + 1}", work)
         seconds = time.perf_counter() - started
         assert good, f"hour {hour + 1} failed its checks"
         rows.append((tree_bytes(root) - size, disk_bytes(root) - disk, len(result.added_chunks), result.stored_bytes, seconds))
+        drills.append((drill.seconds, drill.checked.get("scratch_bytes"), drill.checked.get("project-db", {})))
+        if before is not None:
+            after = server_reads(args.database_url)
+            loads.append({k: after[k] - before[k] for k in after if k != "tables"} | {"tables": after["tables"]})
     database = "PostgreSQL" if args.database_url else "SQLite"
     print(f"data home: {args.db_mb} MB {database} project database + 20 MB of checkpoints; first backup "
           f"{tree_bytes(root) - sum(r[0] for r in rows):,} bytes; {args.hours} unchanged hours:")
@@ -106,6 +130,16 @@ def main() -> int:
     print(f"per unchanged hour: mean {statistics.mean(grown) / 1024:.1f} KiB, median {statistics.median(grown) / 1024:.1f} KiB, "
           f"max {max(grown) / 1024:.1f} KiB (files); on disk mean {statistics.mean(r[1] for r in rows) / 1024:.1f} KiB; "
           f"{statistics.median(r[4] for r in rows):.2f} s each (median)")
+    drill_seconds = statistics.median(d[0] for d in drills)
+    scratch = [d[1] for d in drills if d[1] is not None]
+    print(f"restore drill: {drill_seconds:.2f} s (median), scratch "
+          + (f"{statistics.median(scratch) / 1e6:.1f} MB (files and scratch databases)" if scratch else "size not reported (older checkout)")
+          + (f"; the project database's scratch copy {drills[-1][2].get('scratch_database_bytes', 0) / 1e6:.1f} MB"
+             if args.database_url and isinstance(drills[-1][2], dict) and drills[-1][2].get("scratch_database_bytes") else ""))
+    if loads:
+        print("load on the live PostgreSQL database per hourly run (pg_stat_user_tables, median over the hours): "
+              + ", ".join(f"{k} {statistics.median(x[k] for x in loads):,.0f}" for k in loads[0] if k != "tables")
+              + f" ({loads[0]['tables']} tables)")
     if args.database_url:
         import sqlalchemy as sa
 
