@@ -318,7 +318,7 @@ def push(repository: BackupRepository, store: ObjectStore, *, log: Log | None = 
         log(f"off-site garbage not collected: {exc}")
     result.bytes_written = transfers.bytes
     result.seconds = time.perf_counter() - started
-    _remember_push(repository, store.url, state.head)
+    _remember_push(repository, store.url, state.head, result.written_chunks)
     for line in result.skipped:
         log(f"off-site: {line}")
     log(result.summary())
@@ -387,8 +387,9 @@ def _write_state(root: Path, url: str, state: dict[str, Any]) -> None:
         pass  # only a witness and a rotation's place
 
 
-def _remember_push(repository: BackupRepository, url: str, head: bytes | None) -> None:
+def _remember_push(repository: BackupRepository, url: str, head: bytes | None, written: set[str]) -> None:
     state = _read_state(repository.root, url)
+    state["last_push_chunks"] = sorted(written)  # what the check after the push re-reads
     if head is not None:
         document = json.loads(head)
         state["pushed_head"] = {"backup_id": document["backup_id"], "manifest_sha256": document["manifest_sha256"],
@@ -719,7 +720,7 @@ def push_after_backup(service: Any) -> PushResult | None:
         raise OffsiteError(f"the off-site push failed: {exc}") from None
 
 
-def check_after_push(service: Any, pushed: PushResult | None) -> list[VerifyReport]:
+def check_after_push(service: Any, pushed: PushResult | None = None) -> list[VerifyReport]:
     """The off-site copy's check after a push: every backup's metadata and signature with the
     public keys, every chunk present with its size (one listing), the history and the local
     record of the push; re-reads the chunks this push wrote plus this run's share of the
@@ -727,6 +728,10 @@ def check_after_push(service: Any, pushed: PushResult | None) -> list[VerifyRepo
     settings = service.settings
     store = configured_store(settings)
     chosen: Any = "subset"
+    if pushed is None:  # the check runs apart from the push: what the last push wrote, as it recorded
+        written = _read_state(service.repository.root, store.url).get("last_push_chunks")
+        if isinstance(written, list) and written:
+            pushed = PushResult(store.url, written_chunks={c for c in written if isinstance(c, str) and is_sha256(c)})
     if pushed is not None and pushed.written_chunks:
         listing_chunks = {k.rsplit("/", 1)[-1] for k in store.keys("chunks")}
         chosen = _rotation(service.repository.root, store.url, listing_chunks, settings.backup_verify_runs) | \

@@ -220,6 +220,13 @@ def test_quadra_backup_restore_from_the_copy(s3_copy, tmp_path, monkeypatch):
     assert main(["backup", "create"]) == 0
     assert main(["backup", "offsite", "push"]) == 0
     assert main(["backup", "offsite", "list"]) == 0
+    from quadra_pipeline.backup import offsite as module
+    from quadra_pipeline.backup.service import BackupService
+    from quadra_pipeline.settings import load_settings
+
+    service = BackupService(load_settings())
+    reports = module.check_after_push(service)  # what the hourly check runs: the chunks the push wrote re-read
+    assert all(r.ok for r in reports) and sum(r.chunks_read for r in reports) >= 1
     # A host with the public key only verifies the copy and restores from it.
     monkeypatch.delenv("QUADRA_BACKUP_SIGNING_KEY_FILE")
     monkeypatch.setenv("QUADRA_BACKUP_VERIFY_KEY_FILE", str(tmp_path / "backup.pub"))
