@@ -186,6 +186,12 @@ def test_resume_from_a_checkpoint_and_roll_back_the_champion(instance, quadra_en
     assert rollback.success and reg.alias_version("champion") == 1
     last = store_rows("model_alias_events")[-1]
     assert (last["alias"], last["reason"], last["moved_by"]) == ("champion", "rollback drill", f"dagster:{rollback.run_id}")
+    # The asset graph shows the new champion: the rollback is champion_model's newest materialisation.
+    champion = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
+    assert champion.run_id == rollback.run_id
+    metadata = champion.asset_materialization.metadata
+    assert (metadata["version"].value, metadata["previous_version"].value) == (1, 2)
+    assert metadata["reason"].value == "rollback drill"
 
 
 def materialize_only(instance, *keys, run_config=None):
