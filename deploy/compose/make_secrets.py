@@ -47,7 +47,7 @@ BROKER_USER = "quadra"
 S3_IDENTITIES = {
     "mlflow": (["quadra-mlflow"], ["quadra-mlflow"]),
     "training": (["quadra-shared", "quadra-logs"], ["quadra-shared", "quadra-logs"]),
-    "backup": (["quadra-shared", "quadra-mlflow"], ["quadra-logs"]),
+    "backup": (["quadra-shared", "quadra-mlflow"], ["quadra-logs", "quadra-offsite"]),
     "code": ([], ["quadra-logs"]),
     "webserver": (["quadra-logs"], []),
 }

@@ -88,13 +88,19 @@ class Stack:
 
     # docker compose -------------------------------------------------------------------------
 
-    def compose(self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess:
-        environment = {**os.environ, "QUADRA_IMAGE": self.image, "DOCKER_GID": docker_gid(),
-                       "QUADRA_SECRETS_DIR": str(self.secrets_dir),
-                       "DAGSTER_PORT": str(self.dagster_port), "MLFLOW_PORT": str(self.mlflow_port)}
-        argv = ["docker", "compose", "--project-directory", str(REPO_ROOT / "deploy" / "compose"),
+    def compose_env(self) -> dict[str, str]:
+        return {**os.environ, "QUADRA_IMAGE": self.image, "DOCKER_GID": docker_gid(),
+                "QUADRA_SECRETS_DIR": str(self.secrets_dir),
+                "DAGSTER_PORT": str(self.dagster_port), "MLFLOW_PORT": str(self.mlflow_port)}
+
+    @staticmethod
+    def compose_argv(*args: str) -> list[str]:
+        return ["docker", "compose", "--project-directory", str(REPO_ROOT / "deploy" / "compose"),
                 "-f", str(REPO_ROOT / "deploy" / "compose" / "compose.yaml"), *args]
-        done = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=timeout, input=input)
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess:
+        argv = self.compose_argv(*args)
+        done = subprocess.run(argv, env=self.compose_env(), capture_output=True, text=True, timeout=timeout, input=input)
         if check and done.returncode:
             raise StackError(f"docker compose {' '.join(args[:4])} failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         return done
@@ -105,6 +111,11 @@ class Stack:
     def backup_tool(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         """`quadra backup ...` as an operator runs it: the `backup` tools service (the backup identity)."""
         return self.compose("--profile", "tools", "run", "--rm", "-T", "backup", *args, check=check, timeout=timeout)
+
+    def backup_tool_command(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Any `quadra ...` command with the backup identity (`quadra wal status`, ...)."""
+        return self.compose("--profile", "tools", "run", "--rm", "-T", "--entrypoint", "quadra", "backup", *args,
+                            check=check, timeout=timeout)
 
     def containers(self, service: str) -> list[dict]:
         """`docker inspect` of every container of a service (a scaled one has several)."""
@@ -249,6 +260,17 @@ class Stack:
     def run_logs(self, run_id: str) -> str:
         ids = docker("ps", "-aq", "--filter", f"label=dagster/run_id={run_id}").stdout.split()
         return "\n".join(docker("logs", i, check=False).stdout[-4000:] + docker("logs", i, check=False).stderr[-4000:] for i in ids)
+
+    def checks_of_latest_evaluation(self, asset: str) -> dict[str, dict]:
+        """Each check of an asset with its latest evaluation, whatever evaluated it (a run or a sensor)."""
+        data = self.graphql(
+            "query($key: AssetKeyInput!) { assetCheckExecutions(assetKey: $key, checkName: \"replication_lag\", limit: 1) { "
+            "status evaluation { success } } }", {"key": {"path": [asset]}})
+        executions = data.get("assetCheckExecutions") or []
+        if not executions:
+            return {}
+        latest = executions[0]
+        return {"replication_lag": {"status": latest["status"], "success": (latest.get("evaluation") or {}).get("success")}}
 
     def checks_of_latest(self, asset: str) -> dict[str, dict]:
         data = self.graphql(

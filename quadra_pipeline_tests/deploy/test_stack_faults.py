@@ -4,6 +4,7 @@ recovery times go into the phase table printed at the end of `make deploy-test`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -182,3 +183,105 @@ def test_a_run_past_its_max_runtime_is_stopped_by_run_monitoring(stack):
     PHASES.append(("fault: max_runtime 20 s", stopped_after, f"launch -> run {run['status'].lower()} by run monitoring"))
     if stopped_after > 200:
         raise StackError(f"a 20 s max_runtime took {stopped_after:.0f} s to stop the run")
+
+
+class CommitProbe:
+    """Commits a row every `every` seconds into the project database, as a writer that does not
+    know a disaster is coming, and remembers when each commit returned."""
+
+    def __init__(self, stack, every: float = 0.2):
+        import threading
+
+        self.stack, self.every = stack, every
+        self.committed: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.stack.sql("quadra", "create table if not exists rpo_probe (id bigserial primary key, t double precision)")
+        self._thread.start()
+        return self
+
+    def _run(self):
+        import subprocess
+
+        psql = subprocess.Popen(self.stack.compose_argv("exec", "-T", "postgres", "psql", "-U", "postgres", "-d", "quadra",
+                                                        "-v", "ON_ERROR_STOP=1", "-qAt"),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                env=self.stack.compose_env())
+        try:
+            while not self._stop.is_set():
+                now = time.time()
+                psql.stdin.write(f"insert into rpo_probe (t) values ({now}) returning 'ok';\n")
+                psql.stdin.flush()
+                if psql.stdout.readline().strip() != "ok":
+                    break  # the server is gone
+                self.committed.append(now)
+                time.sleep(self.every)
+        except (BrokenPipeError, OSError):
+            pass
+        finally:
+            psql.kill()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_the_database_server_and_the_backups_lost_recovered_from_the_archive_and_the_off_site_copy(stack, runs):
+    """The disaster: the PostgreSQL container and its volume destroyed, and the local backup
+    volume with them. Recovered from what was off the host alone: the continuous archive (the
+    newest base backup and the streamed WAL) and the off-site copy of the backups. Every commit
+    up to the moment of the loss is back but the last seconds (the RPO, measured), the registry
+    and its champion, Dagster's run history; the time to a healthy stack that runs a job is the
+    RTO."""
+    base = stack.launch("base_backup_job")
+    assert stack.wait_for_run(base)["status"] == "SUCCESS", stack.run_messages(base)[-20:]
+    status = json.loads(stack.backup_tool_command("wal", "status", "--json").stdout)
+    assert status["base_backups"] and status["continuous_from"], status
+    assert stack.wait("the replication_lag check evaluated and passing",
+                      lambda: stack.checks_of_latest_evaluation("wal_archive").get("replication_lag", {}).get("success") is True,
+                      180, every=5)
+    # Committed work: a training run (metrics, a registered version), a registry change (a rollback).
+    trained = stack.launch("training_job", config=RECOVERY)
+    assert stack.wait_for_run(trained)["status"] == "SUCCESS"
+    metrics = stack.sql("quadra", "select count(*) from training_metrics")
+    rollback = stack.launch("promote_model_job", config={"ops": {"promote_version": {"config": {"version": 1, "reason": "before the disaster"}}}})
+    assert stack.wait_for_run(rollback)["status"] == "SUCCESS"
+    moves = stack.sql("quadra", "select count(*) from model_alias_events")
+    backups = stack.backup_tool("list").stdout.split()
+    probe = CommitProbe(stack).start()
+    time.sleep(8)
+    docker("kill", stack.container("postgres")["Id"])  # the host's disk goes: no shutdown, no flush
+    lost_at = time.time()
+    probe.stop()
+    last_commit = probe.committed[-1]
+    # Destroyed: the server, its volume, the local backups.
+    stack.compose("stop", timeout=300)
+    stack.compose("rm", "-fsv", "postgres")
+    docker("volume", "rm", "-f", "quadra-pgdata")
+    for container in docker("ps", "-aq", "--filter", "volume=quadra-backups").stdout.split():
+        docker("rm", "-f", container)
+    docker("volume", "rm", "-f", "quadra-backups")
+    started = time.perf_counter()
+    stack.make("deploy-restore")
+    pulled = stack.backup_tool("offsite", "pull", check=False)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    after = stack.launch("training_job", config=RECOVERY)
+    assert stack.wait_for_run(after)["status"] == "SUCCESS", stack.run_messages(after)[-20:]
+    rto = time.perf_counter() - started
+    # What came back.
+    newest = float(stack.sql("quadra", "select coalesce(max(t), 0) from rpo_probe"))
+    rpo = last_commit - newest
+    PHASES.append(("disaster: RPO", rpo, f"seconds of committed data lost (the last commit returned {lost_at - last_commit:.1f} s before the kill)"))
+    PHASES.append(("disaster: RTO", rto, "make deploy-restore + the off-site pull -> a training run succeeded"))
+    assert rpo <= 5, f"lost {rpo:.1f} s of committed data"
+    assert int(stack.sql("quadra", "select count(*) from training_metrics")) >= int(metrics)
+    assert int(stack.sql("quadra", "select count(*) from model_alias_events")) >= int(moves)
+    status, answer = stack.mlflow("/api/2.0/mlflow/registered-models/get?name=quadra-matrix")
+    assert status == 200 and {a["alias"]: a["version"] for a in answer["registered_model"]["aliases"]}["champion"] == "1"
+    for job, run_id in runs.items():
+        assert stack.run(run_id)["status"] == "SUCCESS", job  # Dagster's run history
+    assert stack.run(rollback)["status"] == "SUCCESS"
+    assert stack.backup_tool("list").stdout.split() == backups  # the backups, from the off-site copy
+    assert stack.backup_tool("verify", check=False).returncode == 0

@@ -8,7 +8,7 @@ WAL receiver is more than `QUADRA_REPLICATION_MAX_LAG` (60 s) behind the server,
 streaming at all; `replication_lag_sensor` evaluates it every 30 s from the code server, so the
 UI always shows the replication's health without a run per minute. Where continuous archiving
 is not configured (the embedded SQLite default) nothing here runs; Litestream's replication of
-the SQLite databases has its own lag (`quadra_pipeline/replication/`).
+the SQLite databases has the same check on `sqlite_replica` (`quadra_pipeline/replication/`).
 """
 
 import time
@@ -19,6 +19,7 @@ from ...settings import load_settings
 from ..common import OWNER, identity_tags
 
 WAL_ARCHIVE = dg.AssetKey("wal_archive")
+SQLITE_REPLICA = dg.AssetKey("sqlite_replica")
 SENSOR_SECONDS = 30
 
 
@@ -85,22 +86,56 @@ def _lag_evaluation_result() -> dg.AssetCheckResult:
     )
 
 
+sqlite_replica = dg.AssetSpec(
+    SQLITE_REPLICA,
+    group_name="backup",
+    kinds={"sqlite"},
+    owners=[OWNER],
+    description="The embedded default's continuous copy: Litestream replicating the SQLite databases (the project's, "
+    "MLflow's, the Dagster instance's) to QUADRA_REPLICA; `make dev` runs it when a replica is configured.",
+)
+
+
+@dg.asset_check(asset=SQLITE_REPLICA, name="replication_lag",
+                description="Every replicated SQLite database is at most QUADRA_REPLICATION_MAX_LAG (60 s) behind in its "
+                "replica (evaluated every 30 s by replication_lag_sensor).")
+def sqlite_replication_lag_check() -> dg.AssetCheckResult:
+    return _sqlite_lag_result()
+
+
+def _sqlite_lag_result() -> dg.AssetCheckResult:
+    from ...replication import lag
+
+    settings = load_settings()
+    lags = lag.measure_lags(settings)
+    problems = lag.lag_problems(lags, settings.replication_max_lag)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) if problems else f"{len(lags)} database(s) replicated within {settings.replication_max_lag:g} s",
+        metadata={item.name: dg.MetadataValue.json(item.as_metadata()) for item in lags},
+    )
+
+
 @dg.sensor(
     name="replication_lag_sensor",
     minimum_interval_seconds=SENSOR_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Every 30 s: the WAL receiver's lag, as the wal_archive asset's replication_lag check (where PostgreSQL "
-    "is archived continuously: QUADRA_WAL_ARCHIVE).",
+    description="Every 30 s: the replication's lag, as the replication_lag check of wal_archive (PostgreSQL archived "
+    "continuously: QUADRA_WAL_ARCHIVE) and of sqlite_replica (Litestream: QUADRA_REPLICA).",
 )
 def replication_lag_sensor(context: dg.SensorEvaluationContext):
-    if not _configured():
-        return dg.SkipReason("continuous archiving is not configured here (QUADRA_WAL_ARCHIVE)")
-    result = _lag_evaluation_result()
-    evaluation = dg.AssetCheckEvaluation(
-        asset_key=WAL_ARCHIVE, check_name="replication_lag", passed=result.passed,
-        metadata=result.metadata, description=result.description,
-    )
-    return dg.SensorResult(asset_events=[evaluation])
+    evaluations = []
+    for configured, asset, result in ((_configured, WAL_ARCHIVE, _lag_evaluation_result),
+                                      (lambda: load_settings().replica is not None, SQLITE_REPLICA, _sqlite_lag_result)):
+        if configured():
+            outcome = result()
+            evaluations.append(dg.AssetCheckEvaluation(
+                asset_key=asset, check_name="replication_lag", passed=outcome.passed,
+                metadata=outcome.metadata, description=outcome.description,
+            ))
+    if not evaluations:
+        return dg.SkipReason("no replication is configured here (QUADRA_WAL_ARCHIVE, QUADRA_REPLICA)")
+    return dg.SensorResult(asset_events=evaluations)
 
 
 base_backup_job = dg.define_asset_job(
