@@ -64,9 +64,11 @@ FILE_TWINS: dict[str, str] = {
     "model_verify_key": "model_verify_key_file",
     "backup_signing_key": "backup_signing_key_file",
     "backup_verify_key": "backup_verify_key_file",
+    "serving_token": "serving_token_file",
+    "serving_webhook_secret": "serving_webhook_secret_file",
 }
 #: Settings that name a file or folder (blank means unset).
-_PATHS = (*FILE_TWINS.values(), "model_verify_keys_file", "backup_verify_keys_file")
+_PATHS = (*FILE_TWINS.values(), "model_verify_keys_file", "backup_verify_keys_file", "serving_cache_dir_override")
 MAX_SECRET_FILE_BYTES = 1 << 20
 
 
@@ -147,6 +149,22 @@ class Settings(BaseSettings):
     object_store_override: str | None = Field(None, alias="QUADRA_OBJECT_STORE")
     # A sweep refuses a search space of more trials than this, before any trial starts.
     sweep_max_trials: int = Field(200, alias="QUADRA_SWEEP_MAX_TRIALS", ge=1, le=100_000)
+    # `quadra serve` (quadra_pipeline/serving/): the bearer token its clients send (required in
+    # production), the HMAC secret of MLflow's registry webhooks (optional: polling otherwise),
+    # what it serves and how it follows the alias, its limits and where it keeps verified versions.
+    serving_token: SecretStr | None = Field(None, alias="QUADRA_SERVING_TOKEN")
+    serving_token_file: Path | None = Field(None, alias="QUADRA_SERVING_TOKEN_FILE")
+    serving_webhook_secret: SecretStr | None = Field(None, alias="QUADRA_SERVING_WEBHOOK_SECRET")
+    serving_webhook_secret_file: Path | None = Field(None, alias="QUADRA_SERVING_WEBHOOK_SECRET_FILE")
+    serving_model: str = Field("quadra-matrix", alias="QUADRA_SERVING_MODEL", min_length=1, max_length=256)
+    serving_alias: str = Field("champion", alias="QUADRA_SERVING_ALIAS", min_length=1, max_length=256)
+    serving_host: str = Field("127.0.0.1", alias="QUADRA_SERVING_HOST", min_length=1)
+    serving_port: int = Field(8080, alias="QUADRA_SERVING_PORT", ge=1, le=65535)
+    serving_workers: int = Field(1, alias="QUADRA_SERVING_WORKERS", ge=1, le=64)
+    serving_poll_seconds: float = Field(2.0, alias="QUADRA_SERVING_POLL_SECONDS", ge=0.2, le=300)
+    serving_max_body_bytes: int = Field(1 << 20, alias="QUADRA_SERVING_MAX_BODY_BYTES", ge=1024, le=1 << 30)
+    serving_max_rows: int = Field(4096, alias="QUADRA_SERVING_MAX_ROWS", ge=1, le=1_000_000)
+    serving_cache_dir_override: Path | None = Field(None, alias="QUADRA_SERVING_CACHE_DIR")
 
     # Model defaults (spec: field size 100, batch size ~10 rows, lr 0.001).
     field_size: int = Field(100, alias="QUADRA_FIELD_SIZE", ge=2, le=4096)
@@ -186,7 +204,8 @@ class Settings(BaseSettings):
         return value or None
 
     @field_validator("secret_key", "model_signing_key", "model_verify_key", "backup_signing_key", "backup_verify_key",
-                     "mlflow_backend_uri", "mlflow_tracking_password", "backup_database_url", mode="before")
+                     "mlflow_backend_uri", "mlflow_tracking_password", "backup_database_url", "serving_token",
+                     "serving_webhook_secret", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return value or None
@@ -221,6 +240,11 @@ class Settings(BaseSettings):
             problem = secret_key_problem(self.secret_key)
             if problem:
                 raise ValueError(f"QUADRA_SECRET_KEY {problem} (required when QUADRA_ENV=production)")
+        for name in ("serving_token", "serving_webhook_secret"):
+            value = getattr(self, name)
+            if value is not None and len(value.get_secret_value().encode("utf-8")) < MIN_SECRET_KEY_BYTES:
+                variable = type(self).model_fields[name].alias
+                raise ValueError(f"{variable} is shorter than {MIN_SECRET_KEY_BYTES} bytes (QUADRA_ENV=production)")
         from .keys import KeyProblem, backup_keyring, model_keyring
 
         try:
@@ -285,6 +309,11 @@ class Settings(BaseSettings):
         if self.object_store_override:
             return self.object_store_override
         return str(self.home / "objects")
+
+    @property
+    def serving_cache_dir(self) -> Path:
+        """Where `quadra serve` keeps the versions it verified (a private folder per process)."""
+        return self.serving_cache_dir_override or self.home / "serving"
 
     @property
     def backup_dir(self) -> Path:

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for module in (train, model, backup, db, worker):
         module.add_commands(commands)
+    __import__(f"{__package__}.serve", fromlist=["add_commands"]).add_commands(commands)  # quadra serve (serving/)
     return parser
 
 
