@@ -28,7 +28,7 @@ def test_the_worker_tag_names_the_pid_namespace():
     assert is_gone(me) is False
 
 
-def test_two_containers_with_the_same_host_name_and_pid_are_not_mistaken():
+def test_two_containers_with_the_same_host_name_and_pid_are_not_mistaken(monkeypatch):
     """Another container on this host (its own pid namespace), with the same host name, whose
     run's pid is 7: pid 7 here is gone or someone else, but that says nothing about it."""
     me = this_worker()
@@ -39,10 +39,12 @@ def test_two_containers_with_the_same_host_name_and_pid_are_not_mistaken():
     # A tag written before namespaces were recorded cannot be told apart: left to Dagster's monitoring.
     old = Worker.parse(f"{me.host}|{me.boot_id}|{dead_pid()}|123")
     assert old is not None and old.pidns is None and is_gone(old) is None
-    # Another boot: gone for the host's own processes; a container's may be another machine's.
+    # Another boot: gone for the host's own processes; a container's may be another machine's
+    # (namespace numbers repeat from machine to machine).
+    monkeypatch.setattr(dead_runs, "_pid_namespace", lambda: INIT_PID_NAMESPACE)
     assert is_gone(Worker(me.host, "another-boot", INIT_PID_NAMESPACE, me.pid, me.started)) is True
-    assert is_gone(Worker(me.host, "another-boot", "4026532999", me.pid, me.started)) is (
-        None if me.pidns != "4026532999" else True)
+    monkeypatch.setattr(dead_runs, "_pid_namespace", lambda: "4026532999")
+    assert is_gone(Worker(me.host, "another-boot", "4026532999", me.pid, me.started)) is None
 
 
 def test_a_run_of_another_container_is_left_alone(tmp_path):

@@ -8,13 +8,21 @@ keeps its slot in the `training` or `backup` pool (one slot each), and every lat
 pool waits for it.
 
 So every run records its worker as a run tag when execution starts (`record_worker`): the host
-name, the kernel's boot id, the pid and the process's start time (so a reused pid or a reboot
-does not look alive). `fail_dead_runs` fails every in-progress run whose recorded worker is on
-this host and gone, and frees its concurrency slots. It runs when a run starts, while a run
-waits for a slot (`executor.py`) and from the daemon (`sensors.py`), so the next run proceeds
-within the sensor's interval even when no one is waiting. A worker on another host is never
-judged from here (that is the run launcher's job); `free_slots_after_run_end_seconds` in
-dagster.yaml frees the slots of runs Dagster's own monitoring failed.
+name, the kernel's boot id, the pid namespace (the inode of /proc/self/ns/pid), the pid and the
+process's start time (so a reused pid or a reboot does not look alive). `fail_dead_runs` fails
+every in-progress run whose recorded worker is in this pid namespace on this host and gone, and
+frees its concurrency slots (its steps ran in that process: the in-process executor records
+the tag). It runs when a run starts, while a run waits for a slot (`executor.py`) and from the
+daemon (`sensors.py`), so the next run proceeds within the sensor's interval even when no one is
+waiting. A worker on another host, or in another pid namespace (another container, even one with
+the same host name, where pid 7 is another process), is never judged from here: that is the run
+launcher's job (Dagster's run monitoring of containers and pods).
+
+The slots of runs that ended otherwise (failed by the code server, by run monitoring, by hand)
+are freed once they ended longer ago than the instance's grace period,
+`free_slots_after_run_end_seconds` (dagster.yaml: 30 s; `DEFAULT_GRACE_SECONDS` when unset), as
+the daemon does: a step of such a run may still be stopping (a Celery worker's step notices its
+run failed within 5 s: `StopWhenRunEnds`), and its slot must not go to the next run before.
 """
 
 from __future__ import annotations
@@ -32,7 +40,12 @@ import dagster as dg
 from dagster._core.events import JobFailureData, RunFailureReason
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
-WORKER_TAG = "quadra/worker"  # host|boot id|pid|process start time
+WORKER_TAG = "quadra/worker"  # host|boot id|pid namespace|pid|process start time
+#: The host's own pid namespace (the kernel's PROC_PID_INIT_INO): not a container's.
+INIT_PID_NAMESPACE = str(0xEFFFFFFC)
+#: Grace period before the slots of an ended run are freed, when the instance sets none.
+DEFAULT_GRACE_SECONDS = 60
+_now = time.time  # (tests move the clock)
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +57,21 @@ _LIVE_STATUSES = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRu
 class Worker:
     host: str
     boot_id: str
+    pidns: str | None  # the inode of /proc/<pid>/ns/pid; None in a tag written before it was recorded
     pid: int
     started: str  # /proc/<pid>/stat field 22: start time in clock ticks after boot
 
     def tag(self) -> str:
-        return f"{self.host}|{self.boot_id}|{self.pid}|{self.started}"
+        return f"{self.host}|{self.boot_id}|{self.pidns or 'unknown'}|{self.pid}|{self.started}"
 
     @classmethod
     def parse(cls, text: str) -> Worker | None:
         parts = text.split("|")
-        if len(parts) != 4 or not parts[2].isdigit():
+        if len(parts) == 4 and parts[2].isdigit():  # host|boot|pid|started (no namespace)
+            return cls(parts[0], parts[1], None, int(parts[2]), parts[3])
+        if len(parts) != 5 or not parts[3].isdigit():
             return None
-        return cls(parts[0], parts[1], int(parts[2]), parts[3])
+        return cls(parts[0], parts[1], parts[2], int(parts[3]), parts[4])
 
 
 def _boot_id() -> str:
@@ -78,18 +94,30 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else "unknown"
 
 
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "unknown"
+
+
 def this_worker() -> Worker:
     pid = os.getpid()
-    return Worker(socket.gethostname(), _boot_id(), pid, _start_time(pid) or "unknown")
+    return Worker(socket.gethostname(), _boot_id(), _pid_namespace(), pid, _start_time(pid) or "unknown")
 
 
 def is_gone(worker: Worker) -> bool | None:
-    """True if the worker's process no longer exists, False if it does, None if this host
-    cannot tell (another host)."""
+    """True if the worker's process no longer exists, False if it does, None if this process
+    cannot tell: another host, another pid namespace (another container, whatever its host name),
+    a tag without the namespace."""
     if worker.host != socket.gethostname():
         return None
+    ours = _pid_namespace()
+    if worker.pidns is None or "unknown" in (worker.pidns, ours) or worker.pidns != ours:
+        return None
     if worker.boot_id != _boot_id():
-        return True  # the machine rebooted since
+        # The host rebooted since; a container's namespace number may be another machine's.
+        return True if worker.pidns == INIT_PID_NAMESPACE else None
     started = _start_time(worker.pid)
     if started is None:
         return True
@@ -130,19 +158,31 @@ def fail_dead_runs(
     return failed
 
 
+def grace_seconds(instance: dg.DagsterInstance) -> float:
+    """The instance's `free_slots_after_run_end_seconds` (`DEFAULT_GRACE_SECONDS` when unset)."""
+    value = (instance.run_monitoring_settings or {}).get("free_slots_after_run_end_seconds")
+    return float(value) if value else float(DEFAULT_GRACE_SECONDS)
+
+
 def _free_slots_of_ended_runs(instance: dg.DagsterInstance, say: Callable[[str], None]) -> None:
-    """The daemon does this too (`free_slots_after_run_end_seconds`), but not when no daemon runs."""
+    """Free the slots of runs that ended longer ago than the grace period. The daemon does this
+    too (`free_slots_after_run_end_seconds`), but not when no daemon runs."""
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return
     holders = storage.get_concurrency_run_ids()
     if not holders:
         return
+    grace, now = grace_seconds(instance), _now()
     for record in instance.get_run_records(filters=RunsFilter(run_ids=list(holders))):
-        if record.dagster_run.is_finished:
-            storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
-            say(f"freed the pool slots still held by run {record.dagster_run.run_id}, which ended "
-                f"({record.dagster_run.status.value})")
+        if not record.dagster_run.is_finished:
+            continue
+        ended = record.end_time if record.end_time is not None else record.update_timestamp.timestamp()
+        if ended + grace >= now:
+            continue  # a step of it may still be stopping
+        storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
+        say(f"freed the pool slots still held by run {record.dagster_run.run_id}, which ended "
+            f"({record.dagster_run.status.value}) {now - ended:.0f} s ago (grace period {grace:g} s)")
 
 
 class StopWhenRunEnds:
