@@ -42,6 +42,16 @@ dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
 	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
+# The champion online (`quadra serve`: MLflow's scoring protocol, README "Serving") from the
+# embedded registry that `make run` fills, on http://127.0.0.1:$(SERVING_PORT) (no token outside
+# production: loopback only). It follows the alias `champion` (a promotion, a rollback) within
+# seconds; Ctrl-C stops it. Try: curl -s -H 'Content-Type: application/json' \
+#   -d '{"inputs": ["the quick brown fox jumps over the lazy dog"]}' http://127.0.0.1:8080/invocations
+SERVING_PORT ?= 8080
+.PHONY: serve
+serve: $(STAMP)
+	$(BIN)/quadra serve --host 127.0.0.1 --port $(SERVING_PORT)
+
 # Dagster UI and daemon (schedules, queued runs). With QUADRA_REPLICA set (environment or .env),
 # Litestream replicates the SQLite databases (project, MLflow, Dagster's instance) beside it and
 # stops with it (docs/REPLICATION.md); without it, dagster dev alone. `make run` never replicates.
