@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import json
 import os
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -43,7 +42,8 @@ class Metrics:
     def snapshot(self, holder: Any) -> dict[str, Any]:
         current = holder.current if holder is not None else None
         return {
-            "requests": [[e, s, n] for (e, s), n in sorted(self.requests.items())],
+            # A copy first (one C-level step): the event loop may add a key meanwhile.
+            "requests": [[e, s, n] for (e, s), n in sorted(dict(self.requests).items())],
             "rows": self.rows,
             "buckets": list(self.buckets),
             "seconds_sum": self.seconds_sum,
@@ -102,9 +102,9 @@ def render(run_dir: RunDir, own: dict[str, Any], status: dict[str, Any] | None) 
     metric("model_swaps_total", "counter", "Versions a worker verified, loaded and swapped in.", [("", total["swaps"])])
     metric("model_load_failures_total", "counter", "Published versions a worker refused to load.",
            [("", total["load_failures"])])
-    metric("worker_model_version", "gauge", "The version each worker answers with (-1: none yet).",
+    metric("worker_model_version", "gauge", "The version each live worker answers with (-1: none yet).",
            [(f'{{worker="{pid}"}}', data.get("version") if data.get("version") is not None else -1)
-            for pid, data in sorted(workers.items())])
+            for pid, data in sorted(workers.items()) if _alive(pid)])
     status = status or {}
     counters = status.get("counters") or {}
     state = status.get("state") or "starting"
@@ -125,5 +125,12 @@ def render(run_dir: RunDir, own: dict[str, Any], status: dict[str, Any] | None) 
     return "\n".join(lines)
 
 
-def now() -> float:
-    return time.perf_counter()
+def _alive(pid: str) -> bool:
+    """A worker uvicorn replaced keeps its counters in the sums, not a version in the gauge."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
