@@ -68,10 +68,14 @@ def server_reads(url: str) -> dict[str, int]:
             "tables": int(row[4]), "heap_blocks": int(blocks)}
 
 
-def run_hour(service, partition_key: str, work: Path) -> tuple[object, bool, object]:
+ROTATION: list[object] = []  # each hour's RotationReport (this checkout's hourly run)
+
+
+def run_hour(service, partition_key: str, work: Path, index: int = 0) -> tuple[object, bool, object]:
     hourly = getattr(service, "hourly", None)
-    if hourly is not None:
-        run = hourly(partition_key=partition_key, workdir=work)
+    if hourly is not None:  # (the runs come one after another: the rotation is told which hour each stands for)
+        run = hourly(partition_key=partition_key, workdir=work, hour=int(time.time() // 3600) + index)
+        ROTATION.append(run.rotation)
         return run.create, run.good, run.drill
     from quadra_pipeline.backup.drill import restore_drill  # an older checkout: what its asset did
 
@@ -111,7 +115,7 @@ def main() -> int:
         size, disk = tree_bytes(root), disk_bytes(root)
         before = server_reads(args.database_url) if args.database_url else None
         started = time.perf_counter()
-        result, good, drill = run_hour(service, f"hour {hour + 1}", work)
+        result, good, drill = run_hour(service, f"hour {hour + 1}", work, hour + 1)
         seconds = time.perf_counter() - started
         assert good, f"hour {hour + 1} failed its checks"
         rows.append((tree_bytes(root) - size, disk_bytes(root) - disk, len(result.added_chunks), result.stored_bytes, seconds))
@@ -136,6 +140,12 @@ def main() -> int:
           + (f"{statistics.median(scratch) / 1e6:.1f} MB (files and scratch databases)" if scratch else "size not reported (older checkout)")
           + (f"; the project database's scratch copy {drills[-1][2].get('scratch_database_bytes', 0) / 1e6:.1f} MB"
              if args.database_url and isinstance(drills[-1][2], dict) and drills[-1][2].get("scratch_database_bytes") else ""))
+    if ROTATION:
+        hours = ROTATION[-args.hours:]
+        print(f"integrity's rotation: {statistics.median(r.chunks_read for r in hours):.0f} of {hours[-1].chunks_stored} stored "
+              f"chunks re-read per hour (median; {statistics.median(r.bytes_read for r in hours) / 1e6:.1f} MB), "
+              f"{sum(r.chunks_read for r in hours)} over the {args.hours} hours; every chunk re-read within "
+              f"{hours[-1].oldest_hours if hours[-1].oldest_hours is not None else 'not yet a whole period'} hours")
     if loads:
         print("load on the live PostgreSQL database per hourly run (pg_stat_user_tables, median over the hours): "
               + ", ".join(f"{k} {statistics.median(x[k] for x in loads):,.0f}" for k in loads[0] if k != "tables")

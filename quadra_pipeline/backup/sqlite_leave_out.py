@@ -35,16 +35,17 @@ from dataclasses import dataclass, field
 from .errors import BackupError
 
 TABLE_INTERIOR, TABLE_LEAF, INDEX_INTERIOR, INDEX_LEAF = 5, 13, 2, 10
-_FREELIST_TRUNK, _FREELIST_COUNT = 32, 36  # header offsets
+_CHANGE_COUNTER, _DATABASE_SIZE, _FREELIST_TRUNK, _FREELIST_COUNT, _VERSION_VALID_FOR = 24, 28, 32, 36, 92  # header offsets
 
 
 @dataclass
 class LeaveOut:
-    """The pages to stream differently: page number -> its bytes."""
+    """The pages to stream differently: page number -> its bytes; and how many pages to stream."""
 
     pages: dict[int, bytes] = field(default_factory=dict)
     tables: list[str] = field(default_factory=list)  # the tables whose rows are left out
     note: str | None = None  # why nothing is left out, when it cannot be
+    page_count: int | None = None  # pages to stream (None: all of the file's)
 
     def patch(self, block: bytes, first_page: int, page_size: int) -> bytes:
         """`block` (whole pages, starting at page `first_page`) with the replaced pages in it."""
@@ -88,15 +89,15 @@ def plan(connection: sqlite3.Connection, fd: int, tables: tuple[str, ...], page_
     if not roots:
         return result
 
-    def read(number: int) -> bytes:
+    def read(number: int, what: str = "a left-out table") -> bytes:
         if not 2 <= number <= page_count:
-            raise BackupError(f"page {number} of a left-out table lies outside the file")
+            raise BackupError(f"page {number} of {what} lies outside the file")
         page = os.pread(fd, page_size, (number - 1) * page_size)
         if len(page) != page_size:
-            raise BackupError(f"page {number} of a left-out table is cut short")
+            raise BackupError(f"page {number} of {what} is cut short")
         return page
 
-    freed: set[int] = set()
+    free: set[int] = set()
     for root in roots:
         kind = read(root)[0]
         if kind not in (TABLE_INTERIOR, TABLE_LEAF, INDEX_INTERIOR, INDEX_LEAF):
@@ -104,31 +105,72 @@ def plan(connection: sqlite3.Connection, fd: int, tables: tuple[str, ...], page_
         roots[root] = TABLE_LEAF if kind in (TABLE_INTERIOR, TABLE_LEAF) else INDEX_LEAF
         for number in _tree_pages(root, read, usable):
             if number != root:
-                if number in freed or number in roots:
+                if number in free or number in roots:
                     raise BackupError(f"page {number} of a left-out table is reached twice")
-                freed.add(number)
+                free.add(number)
     for root, kind in roots.items():
         result.pages[root] = _empty_leaf(kind, page_size, usable)
+    # The database's own free pages join them, so that the stream depends only on which pages
+    # are free, not on what they last held nor on which the catalogue has taken: a page the
+    # catalogue takes from the free list, or a freed page's old content, changes nothing.
     old_trunk, old_count = struct.unpack_from(">II", header, _FREELIST_TRUNK)
+    own = _free_list(old_trunk, read, usable, page_count)
+    if len(own) != old_count:
+        raise BackupError(f"the free list holds {len(own)} pages, the header says {old_count}")
+    if own & (free | set(roots)):
+        raise BackupError("a page of a left-out table is on the free list")
+    free |= own
+    # Free pages at the end of the file are not streamed at all (the header says the shorter
+    # size): a catalogue that grows the file by a page changes nothing either.
+    pages = page_count
+    while pages in free:
+        free.discard(pages)
+        pages -= 1
+    result.page_count = pages
     per_trunk = usable // 4 - 8  # what writers may use (readers accept -2: fileformat2 1.5)
-    ordered = sorted(freed)
+    ordered = sorted(free)
     trunks: list[tuple[int, list[int]]] = []
     while ordered:
         trunk, ordered = ordered[0], ordered[1:]
         trunks.append((trunk, ordered[:per_trunk]))
         ordered = ordered[per_trunk:]
     for index, (trunk, leaves) in enumerate(trunks):
-        following = trunks[index + 1][0] if index + 1 < len(trunks) else old_trunk
+        following = trunks[index + 1][0] if index + 1 < len(trunks) else 0
         page = bytearray(page_size)
         struct.pack_into(f">II{len(leaves)}I", page, 0, following, len(leaves), *leaves)
         result.pages[trunk] = bytes(page)
         for leaf in leaves:
             result.pages[leaf] = bytes(page_size)
-    if trunks:
-        first = bytearray(os.pread(fd, page_size, 0))
-        struct.pack_into(">II", first, _FREELIST_TRUNK, trunks[0][0], old_count + len(freed))
-        result.pages[1] = bytes(first)
+    first = bytearray(os.pread(fd, page_size, 0))
+    struct.pack_into(">I", first, _DATABASE_SIZE, pages)
+    struct.pack_into(">II", first, _FREELIST_TRUNK, trunks[0][0] if trunks else 0, len(free))
+    # The file change counter moves with every write of page 1 (each page the catalogue takes);
+    # a restored copy needs none in particular, only the version-valid-for number equal to it
+    # (then the header's size is the size): both 1.
+    struct.pack_into(">I", first, _CHANGE_COUNTER, 1)
+    struct.pack_into(">I", first, _VERSION_VALID_FOR, 1)
+    result.pages[1] = bytes(first)
     return result
+
+
+def _free_list(trunk: int, read, usable: int, page_count: int) -> set[int]:
+    """Every page on the database's free list (trunk pages and their leaves)."""
+    found: set[int] = set()
+    while trunk:
+        if trunk in found:
+            raise BackupError(f"the free list loops at page {trunk}")
+        found.add(trunk)
+        page = read(trunk, "the free list")
+        following, count = struct.unpack_from(">II", page, 0)
+        if count > usable // 4 - 2:
+            raise BackupError(f"free-list trunk page {trunk} lists {count} pages, more than a page holds")
+        leaves = struct.unpack_from(f">{count}I", page, 8)
+        for leaf in leaves:
+            if leaf in found or not 2 <= leaf <= page_count:
+                raise BackupError(f"page {leaf} of the free list is listed twice or lies outside the file")
+            found.add(leaf)
+        trunk = following
+    return found
 
 
 def _empty_leaf(kind: int, page_size: int, usable: int) -> bytes:

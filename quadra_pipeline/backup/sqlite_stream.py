@@ -170,13 +170,15 @@ def snapshot(path: Path, scratch: Path, out: IO[bytes], leave_out: tuple[str, ..
             connection.execute("BEGIN")
         try:
             roots, indexes, revision, page_size, page_count = _describe(connection)
-            counter = PageCounter(page_size, page_count)
             fd = os.open(copy or path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 try:
                     left_out = plan(connection, fd, leave_out, page_size, page_count) if leave_out else LeaveOut()
                 except BackupError as exc:
                     raise SqliteSnapshotError(f"its b-tree pages are damaged ({exc}); PRAGMA integrity_check says more") from None
+                if left_out.page_count is not None:
+                    page_count = left_out.page_count  # (free pages at the end are not streamed)
+                counter = PageCounter(page_size, page_count)
                 size = _stream(fd, copy or path, page_size * page_count, counter, out, left_out)
             finally:
                 os.close(fd)  # (drops this process's locks on the file: the reading is over)
