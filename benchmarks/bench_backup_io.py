@@ -5,7 +5,8 @@
 A data home with a --db-mb SQLite project database (random 1 KiB rows) and 20 MB of
 checkpoints; then three hourly runs: the first backup, one after 5 scattered rows changed, one
 with nothing changed. Each run is what the `backup` asset does: `BackupService.create`, the
-`integrity` check (`BackupService.verify` of the new backup) and the `restore_drill` check.
+`integrity` check (the new backup verified, this hour's share of the rotation re-read) and the
+`restore_drill` check.
 Read and written bytes come from /proc/self/io: `rchar`/`wchar` count every byte through
 read()/write() (page cache included: the data here is in cache, so the disk counters would say
 little), including the child processes waited for (the SQLite snapshot reader: its pipe is
@@ -83,7 +84,12 @@ def hourly(service, label: str, work: Path) -> dict[str, object]:
     pipe = sum(e.size for e in streamed) if hasattr(result, "added_chunks") else 0  # format 2 copied the files
     steps["create"] = (after["rchar"] - before["rchar"], after["wchar"] - before["wchar"])
     before = after
-    if hasattr(result, "added_chunks"):  # format 3: as the asset's integrity check calls it
+    if hasattr(service, "hourly"):  # the integrity check as `BackupService.hourly` runs it: this hour's share of
+        from quadra_pipeline.backup.rotation import Rotation  # every stored chunk, the new backup, the history
+
+        rotation = Rotation(service.repository, service.settings.backup_verify_runs).run()
+        reports = [service.repository.verify(result.manifest.backup_id, read=set(result.added_chunks)), rotation]
+    elif hasattr(result, "added_chunks"):  # format 3 before the rotation covered every stored chunk
         reports = service.verify([result.manifest.backup_id], deep="subset", also_read=set(result.added_chunks))
     else:  # format 2 (an older checkout)
         reports = service.verify([result.manifest.backup_id])
