@@ -204,6 +204,11 @@ def test_the_registry_is_behind_authentication_and_the_pipeline_is_not_its_admin
                                 method="DELETE", body={"name": "quadra-matrix"})
     assert status == 403, text
     assert stack.mlflow("/api/2.0/mlflow/registered-models/get?name=quadra-matrix", user="quadra-pipeline", password=pipeline)[0] == 200
+    # An alias moved outside the pipeline (the admin, in MLflow's UI or API): the code server's
+    # alias-history sensor records it, with its read-mostly identity (checked by a later test).
+    status, text = stack.mlflow("/api/2.0/mlflow/registered-models/alias", method="POST",
+                                body={"name": "quadra-matrix", "alias": "staging", "version": "1"})
+    assert status == 200, text
 
 
 def test_the_dump_role_reads_everything_and_writes_nothing(stack):
@@ -340,6 +345,14 @@ def test_keys_rotate_on_the_running_stack_and_everything_signed_before_still_ver
     finally:
         ring.write_bytes(kept)
     assert stack.backup_tool("verify", check=False).returncode == 0
+
+
+def test_an_alias_moved_outside_the_pipeline_was_recorded_by_the_sensor_with_its_limited_role(stack):
+    """The admin's move of `staging` (above, minutes ago): recorded as a move by `external` by the
+    code server's sensor, which holds MLflow's reader and a role limited to the alias tables."""
+    recorded = stack.wait("the external move recorded", lambda: stack.sql(
+        "quadra", "select count(*) from model_alias_events where alias = 'staging' and moved_by = 'external'") == "1", 180, every=5)
+    assert recorded
 
 
 def test_down_and_up_again_keeps_runs_metrics_registry_and_backups(stack, runs):
