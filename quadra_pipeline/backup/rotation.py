@@ -153,6 +153,13 @@ class Rotation:
             report.bytes_read += size or 0
             if problem:
                 damaged[sha] = problem
+        # A damaged chunk deleted by hand is not repaired while a backup still names it.
+        gone = {sha for sha in previously if sha not in damaged and not store.path(sha).exists()
+                and not self.repository.object_path(sha).exists()}
+        if gone:
+            still = self._holders(gone)
+            for sha in still:
+                damaged[sha] = f"chunk {chunk_relpath(sha)} is missing (it was damaged)"
         if damaged:
             holders = self._holders(set(damaged))
             report.damaged = damaged

@@ -120,6 +120,9 @@ def test_a_damaged_chunk_is_found_named_with_its_backups_and_read_again_every_ru
     # The next hour reads another share, and the damaged chunk again: the check stays red.
     again = rotation.run(hour=hour + 1)
     assert not again.ok and reads[victim] == 2
+    path.unlink()  # deleted by hand: still red while a backup names it
+    missing = rotation.run(hour=hour + 2)
+    assert not missing.ok and any("is missing" in p and old in p for p in missing.problems), missing.problems
     repo.delete(old)
     repo.gc()
-    assert rotation.run(hour=hour + 2).ok  # gone with the only backup that held it
+    assert rotation.run(hour=hour + 3).ok  # gone with the only backup that held it
