@@ -63,6 +63,13 @@ mlflow-ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow server --workers 1 \
 		--host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(CURDIR)/.quadra/mlflow.db
 
+# The pipeline's Prometheus metrics (quadra exporter) on http://127.0.0.1:$(EXPORTER_PORT)/metrics,
+# from the same Dagster instance and data home as `make dev` (run it beside it, in another terminal).
+EXPORTER_PORT ?= 9464
+.PHONY: exporter
+exporter: $(STAMP) dagster-home
+	$(BIN)/quadra exporter --host 127.0.0.1 --port $(EXPORTER_PORT)
+
 # The whole test suite (PostgreSQL tests run when the server at 127.0.0.1:5432 answers).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

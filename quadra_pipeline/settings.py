@@ -60,6 +60,8 @@ FILE_TWINS: dict[str, str] = {
     "mlflow_tracking_password": "mlflow_tracking_password_file",
     "celery_broker_url": "celery_broker_url_file",
     "celery_backend_url": "celery_backend_url_file",
+    "alert_webhook_url": "alert_webhook_url_file",
+    "alert_smtp_password": "alert_smtp_password_file",
     "model_signing_key": "model_signing_key_file",
     "model_verify_key": "model_verify_key_file",
     "backup_signing_key": "backup_signing_key_file",
@@ -173,6 +175,24 @@ class Settings(BaseSettings):
     seed: int = Field(0, alias="QUADRA_SEED", ge=0, le=2**63 - 1)
     learning_rate: float = Field(0.001, alias="QUADRA_LEARNING_RATE", gt=0, le=1)
 
+    # Alerts (quadra_pipeline/monitoring/notify.py): where the Dagster run-failure sensor sends a
+    # failed run, as JSON to a webhook (its URL may hold a token: a secret) and/or as e-mail
+    # through an SMTP server. None configured: the sensor says so in its ticks and sends nothing.
+    alert_webhook_url: SecretStr | None = Field(None, alias="QUADRA_ALERT_WEBHOOK_URL")
+    alert_webhook_url_file: Path | None = Field(None, alias="QUADRA_ALERT_WEBHOOK_URL_FILE")
+    alert_smtp_host: str | None = Field(None, alias="QUADRA_ALERT_SMTP_HOST")
+    alert_smtp_port: int = Field(587, alias="QUADRA_ALERT_SMTP_PORT", ge=1, le=65535)
+    alert_smtp_tls: str = Field("starttls", alias="QUADRA_ALERT_SMTP_TLS")  # starttls, ssl or none
+    alert_smtp_user: str | None = Field(None, alias="QUADRA_ALERT_SMTP_USER")
+    alert_smtp_password: SecretStr | None = Field(None, alias="QUADRA_ALERT_SMTP_PASSWORD")
+    alert_smtp_password_file: Path | None = Field(None, alias="QUADRA_ALERT_SMTP_PASSWORD_FILE")
+    alert_smtp_from: str | None = Field(None, alias="QUADRA_ALERT_SMTP_FROM")
+    alert_smtp_to: str | None = Field(None, alias="QUADRA_ALERT_SMTP_TO")  # comma-separated addresses
+    # Seconds each delivery attempt may take (one retry after a failure).
+    alert_timeout: float = Field(5.0, alias="QUADRA_ALERT_TIMEOUT", gt=0, le=60)
+    # The Dagster UI's base address, for the run's link in an alert (none: no link).
+    dagster_ui_url: str | None = Field(None, alias="QUADRA_DAGSTER_UI_URL")
+
     @field_validator("home", "backup_dir_override", *_PATHS, mode="before")
     @classmethod
     def _blank_path_is_default(cls, value: object, info: object) -> object:
@@ -252,6 +272,35 @@ class Settings(BaseSettings):
             backup_keyring(self)  # its public key its own) and the keyring files
         except KeyProblem as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("alert_webhook_url", "alert_smtp_password", "alert_smtp_host", "alert_smtp_user",
+                     "alert_smtp_from", "alert_smtp_to", "dagster_ui_url", mode="before")
+    @classmethod
+    def _blank_alert_setting_is_unset(cls, value: object) -> object:
+        return value.strip() or None if isinstance(value, str) else value
+
+    @field_validator("alert_smtp_tls", mode="before")
+    @classmethod
+    def _smtp_tls(cls, value: object) -> object:
+        text = str(value or "starttls").strip().lower()
+        if text not in SMTP_TLS_MODES:
+            raise ValueError(f"must be one of {', '.join(SMTP_TLS_MODES)}, got {text!r}")
+        return text
+
+    @model_validator(mode="after")
+    def _check_alert_receivers(self) -> "Settings":
+        """After the secret files are read: a webhook URL that is a URL, an SMTP server with
+        its sender and recipients (and a password only with a user). Messages name the
+        variables, never the URL (it may hold a token) or the password."""
+        problem = alert_settings_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def alert_smtp_recipients(self) -> list[str]:
+        """QUADRA_ALERT_SMTP_TO as a list of addresses."""
+        return [a.strip() for a in (self.alert_smtp_to or "").split(",") if a.strip()]
 
     def require_secret_key(self, purpose: str) -> str | None:
         """The secret key for `purpose` ("to create a backup"): required in production (one line
@@ -336,6 +385,45 @@ def secret_key_problem(secret: SecretStr | None) -> str | None:
         return "is the example value from .env.example"
     if len(value.encode("utf-8")) < MIN_SECRET_KEY_BYTES:
         return f"is shorter than {MIN_SECRET_KEY_BYTES} bytes"
+    return None
+
+
+SMTP_TLS_MODES = ("starttls", "ssl", "none")
+
+
+def alert_settings_problem(settings: "Settings") -> str | None:
+    """What is wrong with the alert receivers' settings (None: nothing)."""
+    if settings.alert_webhook_url is not None:
+        url = settings.alert_webhook_url.get_secret_value()
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0] or any(c.isspace() for c in url):
+            return ("QUADRA_ALERT_WEBHOOK_URL (or its _FILE) is not an http(s) URL (its value is not shown: it may hold "
+                    "a token)")
+    if settings.dagster_ui_url and not settings.dagster_ui_url.lower().startswith(("http://", "https://")):
+        return f"QUADRA_DAGSTER_UI_URL must start with http:// or https://, got {settings.dagster_ui_url!r}"
+    smtp = {"QUADRA_ALERT_SMTP_USER": settings.alert_smtp_user,
+            "QUADRA_ALERT_SMTP_PASSWORD": settings.alert_smtp_password,
+            "QUADRA_ALERT_SMTP_FROM": settings.alert_smtp_from, "QUADRA_ALERT_SMTP_TO": settings.alert_smtp_to}
+    if not settings.alert_smtp_host:
+        given = [name for name, value in smtp.items() if value is not None]
+        if given:
+            return f"{given[0]} is set but QUADRA_ALERT_SMTP_HOST is not (e-mail alerts need the SMTP server)"
+        return None
+    if settings.alert_smtp_password is not None and not settings.alert_smtp_user:
+        return "QUADRA_ALERT_SMTP_PASSWORD is set but QUADRA_ALERT_SMTP_USER is not"
+    if settings.alert_smtp_user and settings.alert_smtp_password is None:
+        return "QUADRA_ALERT_SMTP_USER is set but QUADRA_ALERT_SMTP_PASSWORD (or QUADRA_ALERT_SMTP_PASSWORD_FILE) is not"
+    if not settings.alert_smtp_from:
+        return "QUADRA_ALERT_SMTP_HOST is set but QUADRA_ALERT_SMTP_FROM (the sender's address) is not"
+    if not settings.alert_smtp_to:
+        return "QUADRA_ALERT_SMTP_HOST is set but QUADRA_ALERT_SMTP_TO (the recipients, comma-separated) is not"
+    for name, value in (("QUADRA_ALERT_SMTP_FROM", settings.alert_smtp_from),
+                        *(("QUADRA_ALERT_SMTP_TO", a) for a in settings.alert_smtp_recipients)):
+        local, at, domain = str(value).rpartition("@")
+        if not at or not local or not domain or any(c.isspace() for c in str(value)):
+            return f"{name}: {value!r} is not an e-mail address"
+    if settings.alert_smtp_tls == "ssl" and settings.alert_smtp_port == 587:
+        return "QUADRA_ALERT_SMTP_TLS=ssl with QUADRA_ALERT_SMTP_PORT=587: SMTP over TLS is port 465 (587 is starttls)"
     return None
 
 

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (train, model, backup, db, worker):
         module.add_commands(commands)
     __import__(f"{__package__}.serve", fromlist=["add_commands"]).add_commands(commands)  # quadra serve (serving/)
+    __import__(f"{__package__}.exporter", fromlist=["add_commands"]).add_commands(commands)  # quadra exporter (monitoring/)
     return parser
 
 
