@@ -60,6 +60,7 @@ FILE_TWINS: dict[str, str] = {
     "mlflow_tracking_password": "mlflow_tracking_password_file",
     "celery_broker_url": "celery_broker_url_file",
     "celery_backend_url": "celery_backend_url_file",
+    "wal_url": "wal_url_file",
     "alert_webhook_url": "alert_webhook_url_file",
     "alert_smtp_password": "alert_smtp_password_file",
     "model_signing_key": "model_signing_key_file",
@@ -70,7 +71,7 @@ FILE_TWINS: dict[str, str] = {
     "serving_webhook_secret": "serving_webhook_secret_file",
 }
 #: Settings that name a file or folder (blank means unset).
-_PATHS = (*FILE_TWINS.values(), "model_verify_keys_file", "backup_verify_keys_file", "serving_cache_dir_override")
+_PATHS = (*FILE_TWINS.values(), "model_verify_keys_file", "backup_verify_keys_file", "wal_archive", "serving_cache_dir_override")
 MAX_SECRET_FILE_BYTES = 1 << 20
 
 
@@ -138,6 +139,11 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_location_is_unset(cls, value: object) -> object:
         return (value.strip() or None) if isinstance(value, str) else value
+    # Continuous archiving of PostgreSQL (backup/wal.py): the archive folder (base backups and the
+    # streamed WAL; another host's volume) and a role with REPLICATION for base backups.
+    wal_archive: Path | None = Field(None, alias="QUADRA_WAL_ARCHIVE")
+    wal_url: str | None = Field(None, alias="QUADRA_WAL_URL", repr=False)
+    wal_url_file: Path | None = Field(None, alias="QUADRA_WAL_URL_FILE")
     # Step isolation on Kubernetes: QUADRA_RUN_EXECUTOR=k8s_job runs each step as its own pod.
     run_executor: RunExecutor = Field(RunExecutor.in_process, alias="QUADRA_RUN_EXECUTOR")
     # QUADRA_RUN_EXECUTOR=celery: the broker and result backend (URLs may carry passwords).
@@ -225,7 +231,7 @@ class Settings(BaseSettings):
 
     @field_validator("secret_key", "model_signing_key", "model_verify_key", "backup_signing_key", "backup_verify_key",
                      "mlflow_backend_uri", "mlflow_tracking_password", "backup_database_url", "serving_token",
-                     "serving_webhook_secret", mode="before")
+                     "serving_webhook_secret", "wal_url", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return value or None

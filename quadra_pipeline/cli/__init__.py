@@ -4,6 +4,7 @@
     quadra model ...      probe a checkpoint; list, history, promote, import, verify, sign registered versions; keys
     quadra backup ...     create, list, verify, restore, export, import, prune backups; keys
     quadra db ...         migrate the project's database, print its schema revision
+    quadra wal ...        PostgreSQL's continuous archive: status, base backups, point-in-time recovery
     quadra worker         run a Celery worker (QUADRA_RUN_EXECUTOR=celery), in the foreground
 
 Every error ends the program with a non-zero exit code and one line on stderr.
@@ -16,14 +17,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import backup, db, model, train, worker
+from . import backup, db, model, train, wal, worker
 from ._common import EXIT_ERROR, _known_errors, _Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="quadra", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for module in (train, model, backup, db, worker):
+    for module in (train, model, backup, db, wal, worker):
         module.add_commands(commands)
     __import__(f"{__package__}.serve", fromlist=["add_commands"]).add_commands(commands)  # quadra serve (serving/)
     __import__(f"{__package__}.exporter", fromlist=["add_commands"]).add_commands(commands)  # quadra exporter (monitoring/)
