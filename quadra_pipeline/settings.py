@@ -194,6 +194,10 @@ class Settings(BaseSettings):
     alert_smtp_password_file: Path | None = Field(None, alias="QUADRA_ALERT_SMTP_PASSWORD_FILE")
     alert_smtp_from: str | None = Field(None, alias="QUADRA_ALERT_SMTP_FROM")
     alert_smtp_to: str | None = Field(None, alias="QUADRA_ALERT_SMTP_TO")  # comma-separated addresses
+    # An Alertmanager (its base address, e.g. http://alertmanager:9093): each failed run is posted
+    # to its API as the alert QuadraRunFailed and Alertmanager delivers it to its receivers, so the
+    # receivers' secrets stay with Alertmanager alone (the Compose stack does this).
+    alertmanager_url: str | None = Field(None, alias="QUADRA_ALERTMANAGER_URL")
     # Seconds each delivery attempt may take (one retry after a failure).
     alert_timeout: float = Field(5.0, alias="QUADRA_ALERT_TIMEOUT", gt=0, le=60)
     # The Dagster UI's base address, for the run's link in an alert (none: no link).
@@ -405,6 +409,8 @@ def alert_settings_problem(settings: "Settings") -> str | None:
         if scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0] or any(c.isspace() for c in url):
             return ("QUADRA_ALERT_WEBHOOK_URL (or its _FILE) is not an http(s) URL (its value is not shown: it may hold "
                     "a token)")
+    if settings.alertmanager_url and not settings.alertmanager_url.lower().startswith(("http://", "https://")):
+        return f"QUADRA_ALERTMANAGER_URL must start with http:// or https://, got {settings.alertmanager_url!r}"
     if settings.dagster_ui_url and not settings.dagster_ui_url.lower().startswith(("http://", "https://")):
         return f"QUADRA_DAGSTER_UI_URL must start with http:// or https://, got {settings.dagster_ui_url!r}"
     smtp = {"QUADRA_ALERT_SMTP_USER": settings.alert_smtp_user,

@@ -1,4 +1,5 @@
-"""Alerts to a person: a JSON POST to a webhook and/or an e-mail through SMTP, bounded.
+"""Alerts to a person: a JSON POST to a webhook and/or an e-mail through SMTP, or an alert posted
+to an Alertmanager that delivers it to its own receivers; bounded.
 
 Each receiver gets at most two attempts (one retry after `RETRY_PAUSE_SECONDS`), each bounded by
 `QUADRA_ALERT_TIMEOUT`; a receiver that failed is left alone for `BACKOFF_SECONDS` afterwards
@@ -10,6 +11,7 @@ are). No third-party client: `urllib.request` and `smtplib`.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import smtplib
 import ssl
@@ -37,11 +39,16 @@ _down_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Alert:
-    """What is sent: `subject` (one line), `text` (the e-mail body), `payload` (the webhook's JSON)."""
+    """What is sent: `subject` (one line), `text` (the e-mail body), `payload` (the webhook's JSON);
+    to an Alertmanager: the alert `name` with `labels` (what tells one alert from another: grouping
+    and silences) and `url` (where it comes from, Alertmanager's generatorURL)."""
 
     subject: str
     text: str
     payload: Mapping[str, Any]
+    name: str = "QuadraAlert"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    url: str | None = None
 
 
 @dataclass
@@ -72,8 +79,15 @@ def webhook_label(url: str) -> str:
     return f"webhook {parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}/..."
 
 
+def alertmanager_label(url: str) -> str:
+    parts = urlsplit(url)
+    return f"Alertmanager {parts.scheme}://{parts.hostname or '?'}{f':{parts.port}' if parts.port else ''}"
+
+
 def receivers_configured(settings: Settings) -> list[str]:
     names = []
+    if settings.alertmanager_url:
+        names.append(alertmanager_label(settings.alertmanager_url))
     if settings.alert_webhook_url is not None:
         names.append(webhook_label(settings.alert_webhook_url.get_secret_value()))
     if settings.alert_smtp_host:
@@ -86,6 +100,10 @@ def send_alert(alert: Alert, settings: Settings, log: Callable[[str], None] | No
     `Delivery`). With no receiver configured, nothing happens (`Delivery.configured` is False)."""
     say = log or (lambda _message: None)
     delivery = Delivery()
+    if settings.alertmanager_url:
+        target = settings.alertmanager_url.rstrip("/") + "/api/v2/alerts"
+        _attempt(alertmanager_label(settings.alertmanager_url),
+                 lambda: post_json(target, [alertmanager_alert(alert)], settings.alert_timeout), delivery, say)
     if settings.alert_webhook_url is not None:
         url = settings.alert_webhook_url.get_secret_value()
         _attempt(webhook_label(url), lambda: post_json(url, alert.payload, settings.alert_timeout), delivery, say)
@@ -138,7 +156,21 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
-def post_json(url: str, payload: Mapping[str, Any], timeout: float) -> None:
+def alertmanager_alert(alert: Alert, now: dt.datetime | None = None) -> dict[str, Any]:
+    """`alert` in Alertmanager's API v2 form. No end time: Alertmanager resolves it after its
+    `resolve_timeout` (an event such as a failed run is not re-sent, so it is never "still firing")."""
+    started = (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
+    body: dict[str, Any] = {
+        "labels": {"alertname": alert.name, "severity": "page", **{k: str(v) for k, v in alert.labels.items()}},
+        "annotations": {"summary": alert.subject, "description": alert.text},
+        "startsAt": started,
+    }
+    if alert.url:
+        body["generatorURL"] = alert.url
+    return body
+
+
+def post_json(url: str, payload: Any, timeout: float) -> None:
     """POST `payload` as JSON; any answer but 2xx (or no answer within `timeout`) raises."""
     body = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
     request = urllib.request.Request(url, data=body, method="POST",

@@ -2,7 +2,8 @@
 stand-ins): Prometheus 2.42 scrapes a running exporter and evaluates rules.yml on its series
 (every rule healthy, the recording rules' values, alerts pending for the sources that are down);
 Alertmanager 0.25, configured by its entrypoint, delivers an alert to a loopback webhook and by
-e-mail through a loopback SMTP server with a login. Missing binaries: a failure in CI, a skip
+e-mail through a loopback SMTP server with a login, and a failed run the run-failure sensor posted
+to it (QUADRA_ALERTMANAGER_URL, as in the Compose stack) to the same webhook. Missing binaries: a failure in CI, a skip
 elsewhere (Debian's `prometheus` and `prometheus-alertmanager`)."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from quadra_pipeline.settings import load_settings
 
 from .conftest import PROMETHEUS_DIR, tool
 from .receivers import smtp_receiver, webhook_receiver
+from .test_alerts import evaluate, fail_a_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 
@@ -133,7 +135,7 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_every_rule(clean_env, tmp
 
 
 @pytest.mark.slow
-def test_alertmanager_delivers_to_the_webhook_and_by_email(tmp_path):
+def test_alertmanager_delivers_to_the_webhook_and_by_email(clean_env, tmp_path, monkeypatch):
     alertmanager = tool("prometheus-alertmanager", "prometheus-alertmanager")
     with webhook_receiver() as hook, smtp_receiver(user="alerts", password="mail-s3cret", exclude=("LOGIN",)) as box:
         (tmp_path / "webhook_url").write_text(hook.url + "\n")
@@ -161,14 +163,29 @@ def test_alertmanager_delivers_to_the_webhook_and_by_email(tmp_path):
             request = urllib.request.Request(f"{base}/api/v2/alerts", data=json.dumps(alert).encode(), method="POST",
                                              headers={"Content-Type": "application/json"})
             assert urllib.request.urlopen(request, timeout=5).status == 200
+            # The pipeline's run-failure sensor, pointed at Alertmanager (no receiver of its own).
+            monkeypatch.setenv("QUADRA_ALERTMANAGER_URL", base)
+            with dg.instance_for_test() as instance:
+                _, cursor, _ = evaluate(instance, None)
+                run_id = fail_a_run(instance).run_id
+                tick, _, _ = evaluate(instance, cursor)
+                assert tick.skip_message is None, tick.skip_message
             # group_wait is 30 s: the first notification of a group comes then.
-            wait_for("the webhook's notification", lambda: hook.received, timeout=60, process=process, log=log)
-            wait_for("the e-mail", lambda: box.messages, timeout=30, process=process, log=log)
-    [payload] = hook.received
+            wait_for("both notifications", lambda: len(hook.received) >= 2, timeout=60, process=process, log=log)
+            wait_for("the e-mails", lambda: len(box.messages) >= 2, timeout=30, process=process, log=log)
+    by_name = {p["groupLabels"]["alertname"]: p for p in hook.received}
+    failed = by_name["QuadraRunFailed"]
+    assert failed["status"] == "firing"
+    assert failed["alerts"][0]["labels"] | {"run_id": "?"} == {
+        "alertname": "QuadraRunFailed", "severity": "page", "source": "dagster", "dagster_job": "nightly_job",
+        "partition": "2026-12-07-03:00", "run_id": "?"}
+    assert failed["alerts"][0]["labels"]["run_id"] == run_id
+    assert "train_on" in failed["alerts"][0]["annotations"]["description"]
+    payload = by_name["QuadraBackupCheckFailed"]
     assert payload["status"] == "firing" and payload["receiver"] == "quadra"
     assert payload["alerts"][0]["labels"]["partition"] == "2026-12-07-10:00"
     assert payload["groupLabels"] == {"alertname": "QuadraBackupCheckFailed", "check": "restore_drill"}
     assert box.logins and all(ok for _, ok in box.logins)
     assert box.envelopes[0] == ("alertmanager@example.com", ["oncall@example.com"])
-    assert "QuadraBackupCheckFailed" in box.messages[0]["Subject"]
+    assert sorted("QuadraBackupCheckFailed" in m["Subject"] for m in box.messages) == [False, True]
     assert "s3cr3t-token" not in log.read_text() and "mail-s3cret" not in log.read_text()

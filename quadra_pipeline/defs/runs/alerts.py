@@ -1,7 +1,9 @@
 """Failed runs reach a person without the Prometheus stack: Dagster's own run-failure sensor.
 
 Every run of this code location that fails (any job, the UI's "Materialize" included) is sent
-as JSON to `QUADRA_ALERT_WEBHOOK_URL[_FILE]` and/or as an e-mail through `QUADRA_ALERT_SMTP_*`
+as JSON to `QUADRA_ALERT_WEBHOOK_URL[_FILE]` and/or as an e-mail through `QUADRA_ALERT_SMTP_*`,
+or as the alert QuadraRunFailed to the Alertmanager at `QUADRA_ALERTMANAGER_URL`, which delivers
+it to its receivers (the Compose stack: the receivers' secrets stay with Alertmanager)
 (`quadra_pipeline/monitoring/notify.py`): the job, the run id, the failure and each failed step
 with its error, and a link when `QUADRA_DAGSTER_UI_URL` is set. It runs as soon as the daemon
 runs (`make dev` too). With no receiver configured, each failed run is a skipped tick whose
@@ -69,7 +71,10 @@ def run_failure_alert(context: dg.RunFailureSensorContext, ui_url: str | None = 
         "ended_at": ended,
         "run_url": run_url,
     }
-    return Alert(subject=subject, text=text, payload=payload)
+    labels = {"source": "dagster", "dagster_job": run.job_name, "run_id": run.run_id}
+    if partition:
+        labels["partition"] = partition
+    return Alert(subject=subject, text=text, payload=payload, name="QuadraRunFailed", labels=labels, url=run_url)
 
 
 @dg.run_failure_sensor(
@@ -77,7 +82,8 @@ def run_failure_alert(context: dg.RunFailureSensorContext, ui_url: str | None = 
     minimum_interval_seconds=ALERT_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Each failed run of this code location, to QUADRA_ALERT_WEBHOOK_URL (JSON) and/or by e-mail "
-    "(QUADRA_ALERT_SMTP_*): job, run id, failure, failed steps. Skips, saying so, when neither is configured.",
+    "(QUADRA_ALERT_SMTP_*) and/or to the Alertmanager at QUADRA_ALERTMANAGER_URL: job, run id, failure, failed "
+    "steps. Skips, saying so, when none is configured.",
 )
 def run_failure_alert_sensor(context: dg.RunFailureSensorContext):
     from ...monitoring.notify import AlertDeliveryError, receivers_configured, send_alert
@@ -88,7 +94,7 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext):
     alert = run_failure_alert(context, settings.dagster_ui_url)
     if not receivers_configured(settings):
         message = (f"run {run.run_id} of {run.job_name} failed; no alert receiver is configured "
-                   "(QUADRA_ALERT_WEBHOOK_URL[_FILE], QUADRA_ALERT_SMTP_HOST): nothing sent")
+                   "(QUADRA_ALERT_WEBHOOK_URL[_FILE], QUADRA_ALERT_SMTP_HOST, QUADRA_ALERTMANAGER_URL): nothing sent")
         context.log.warning(message)
         return dg.SkipReason(message)
     delivery = send_alert(alert, settings, log=context.log.warning)
