@@ -12,6 +12,7 @@ the SQLite databases has the same check on `sqlite_replica` (`quadra_pipeline/re
 """
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -34,23 +35,30 @@ def _configured() -> bool:
     kinds={"postgres"},
     owners=[OWNER],
     pool="backup",
+    # Not configured (the embedded SQLite default): the step says so and materialises nothing, so
+    # `dagster asset materialize --select '*'` works there too.
+    output_required=False,
     description="PostgreSQL's continuous archive: base backups (pg_basebackup) and the WAL streamed since "
     "(pg_receivewal, the stack's `wal` service), on another host; any second of the last 7 days can be recovered.",
 )
-def wal_archive(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def wal_archive(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
     from ...backup.wal import kept_range, prune, take_base_backup
 
     settings = load_settings()
+    if settings.wal_archive is None and not settings.wal_url:
+        context.log.warning("continuous archiving is not configured (QUADRA_WAL_ARCHIVE, the archive folder, and "
+                            "QUADRA_WAL_URL_FILE, a role with REPLICATION): no base backup taken, nothing materialised")
+        return
     if settings.wal_archive is None or not settings.wal_url:
-        raise dg.Failure("continuous archiving is not configured: set QUADRA_WAL_ARCHIVE (the archive folder) and "
-                         "QUADRA_WAL_URL_FILE (a role with REPLICATION)")
+        raise dg.Failure("continuous archiving is half configured: set both QUADRA_WAL_ARCHIVE (the archive folder) "
+                         "and QUADRA_WAL_URL_FILE (a role with REPLICATION)")
     started = time.perf_counter()
     backup = take_base_backup(settings.wal_url, settings.wal_archive, timeout=settings.backup_dump_timeout)
     removed = prune(settings.wal_archive)
     kept = kept_range(settings.wal_archive)
     context.log.info(f"base backup {backup.name}: {backup.bytes} bytes; kept: {kept.describe()}; "
                      f"pruned {len(removed['base_backups'])} base backup(s), {len(removed['segments'])} WAL segment(s)")
-    return dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={
         "base_backup": backup.name,
         "bytes": dg.MetadataValue.int(backup.bytes),
         "seconds": round(time.perf_counter() - started, 2),
