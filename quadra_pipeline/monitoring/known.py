@@ -21,7 +21,9 @@ ASSETS = (
     "champion_model",
     "hyperparameter_sweep",
     "backup",
+    "offsite_backup",
     "wal_archive",
+    "sqlite_replica",
 )
 
 CHECKS = (
@@ -33,7 +35,9 @@ CHECKS = (
     ("sweep_registered_model", "not_worse_than_champion"),
     ("backup", "integrity"),
     ("backup", "restore_drill"),
+    ("offsite_backup", "offsite_integrity"),
     ("wal_archive", "replication_lag"),
+    ("sqlite_replica", "replication_lag"),
 )
 
 #: The asset whose materialisations are backups, and the checks a backup must pass to be good.
@@ -41,6 +45,6 @@ BACKUP_ASSET = "backup"
 BACKUP_CHECKS = ("integrity", "restore_drill")
 #: Checks whose evaluations carry the replication's lag (metadata `lag_seconds`): exported as
 #: quadra_replication_lag_seconds{asset, check}.
-REPLICATION_CHECKS = (("wal_archive", "replication_lag"),)
+REPLICATION_CHECKS = (("wal_archive", "replication_lag"), ("sqlite_replica", "replication_lag"))
 #: The assets whose materialisation metadata holds a registered version's gate result.
 REGISTERED_ASSETS = ("registered_model", "sweep_registered_model")

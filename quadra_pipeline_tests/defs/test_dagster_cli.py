@@ -184,7 +184,7 @@ def test_webserver_answers_graphql_with_assets_and_latest_materialisations(execu
             "corpus": "data", "quadra_model": "training", "training_metrics": "training", "system_state": "training",
             "model_evaluation": "evaluation", "registered_model": "registry", "champion_model": "registry",
             "backup": "backup", "hyperparameter_sweep": "sweep", "sweep_registered_model": "sweep", "wal_archive": "backup",
-            "sqlite_replica": "backup",
+            "sqlite_replica": "backup", "offsite_backup": "backup",
         }
         data = graphql(port, '{ assetOrError(assetKey: {path: ["quadra_model"]}) { ... on Asset { assetMaterializations(limit: 1) { runId metadataEntries { label } } } } }')
         [latest] = data["assetOrError"]["assetMaterializations"]

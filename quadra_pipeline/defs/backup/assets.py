@@ -62,7 +62,9 @@ def backfill_problem(partition_key: str, now: dt.datetime | None = None) -> str 
     )
 
 
-def _service(data_home: DataHome, store: StoreResource, context: dg.AssetExecutionContext):
+def backup_service(data_home: DataHome, store: StoreResource,
+                   context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext):
+    """The backup service of this data home, logging to the step's log."""
     from ...backup.service import BackupService
 
     return BackupService(data_home.settings(), catalogue_engine=store.engine(), log_fn=context.log.info)
@@ -105,7 +107,7 @@ def backup(context: dg.AssetExecutionContext, data_home: DataHome, store: StoreR
     problem = backfill_problem(context.partition_key)
     if problem:
         raise dg.Failure(description=problem, allow_retries=False)
-    service = _service(data_home, store, context)
+    service = backup_service(data_home, store, context)
     run = service.hourly(partition_key=context.partition_key)
     result, report, rotation, drill = run.create, run.report, run.rotation, run.drill
     manifest = result.manifest
@@ -155,7 +157,8 @@ def backup(context: dg.AssetExecutionContext, data_home: DataHome, store: StoreR
 
 backup_job = dg.define_asset_job(
     name="backup_job",
-    selection=[BACKUP],
+    # The backup and what follows it: its off-site copy (`offsite.py`).
+    selection=dg.AssetSelection.assets(BACKUP).downstream(),
     partitions_def=hourly_partitions,
     # The backup reads the data home and writes the repository on the volumes of the host its
     # run was launched on: a Celery worker host has neither, so its step stays in the run.
