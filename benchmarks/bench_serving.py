@@ -24,11 +24,14 @@ What is measured, in one run on one machine (compare the ratios: these machines 
   * Alias move -> first answer. A client sends 1-row requests back to back to ours while the
     alias `champion` is moved by one `set_registered_model_alias` call (time 0: just before the
     call). The time to the first answer from the new version, for --moves moves alternating
-    v1 -> v2 -> v1 ...: the first move to v2 downloads and verifies it, later ones reuse what
-    this process verified (verified again). Three ways: polling every 2 s on the embedded store
-    (`make serve`); polling every 2 s against an `mlflow server` (SQLite backend, artifacts
-    served over HTTP, as in the stack); and MLflow's registry webhook on that server (the poll
-    every 60 s, so only the webhook can make it fast).
+    v1 -> v2 -> v1 ... with no `challenger` alias (so nothing is verified ahead): the first move
+    to v2 downloads and verifies it, later ones reuse what this process verified (verified
+    again). Then one move the way the pipeline makes them: a new version v3 is registered (so
+    `challenger` moves to it and the service verifies it ahead, not serving it), then `champion`
+    moves to it. Three ways: polling every 2 s on the embedded store (`make serve`); polling
+    every 2 s against an `mlflow server` (SQLite backend, artifacts served over HTTP, as in the
+    stack); and MLflow's registry webhook on that server (the poll every 60 s, so only the
+    webhook can make it fast).
 
 Everything is made in a temp folder and removed at the end, even on failure or Ctrl-C; the
 servers are stopped (SIGTERM, SIGKILL after 20 s). Exit status 1 if a server failed or an
@@ -208,9 +211,11 @@ def closed_loop(server: str, shape: str, port: int, request: bytes, concurrency:
 
 # Alias moves ------------------------------------------------------------------------------------
 
-def time_moves(port: int, token: str, field_size: int, set_alias, versions: tuple[int, int], moves: int) -> list[tuple[str, float]]:
+def time_moves(port: int, token: str, field_size: int, set_alias, versions: tuple[int, int], moves: int,
+               before_each=None) -> list[tuple[str, float]]:
     """(what, seconds) for each move: from just before the alias call to the first answer of the
-    new version, with a client sending 1-row requests back to back meanwhile."""
+    new version, with a client sending 1-row requests back to back meanwhile. `versions`: the
+    one served, then the other; `before_each(i)`, if given, returns (target, label) instead."""
     import http.client
 
     body = json.dumps({"inputs": [[0.1] * field_size]})
@@ -234,6 +239,9 @@ def time_moves(port: int, token: str, field_size: int, set_alias, versions: tupl
         current = versions[0]
         for i in range(moves):
             target = versions[1] if current == versions[0] else versions[0]
+            label = None
+            if before_each is not None:
+                target, label = before_each(i)
             time.sleep(1.0 + (i % 3) * 0.37)  # not in step with the poll
             before = len(seen)
             moved = time.perf_counter()
@@ -246,7 +254,8 @@ def time_moves(port: int, token: str, field_size: int, set_alias, versions: tupl
                 if time.perf_counter() > deadline:
                     raise RuntimeError(f"version {target} not served within 60 s of the move")
                 time.sleep(0.005)
-            kind = "to a version verified earlier (verified again)" if target in verified else "to a new version"
+            kind = label or ("to a version verified earlier (verified again)" if target in verified
+                             else "to a new version (downloaded, verified)")
             results.append((f"v{current} -> v{target}, {kind}", hit - moved))
             verified.add(target)
             current = target
@@ -256,19 +265,42 @@ def time_moves(port: int, token: str, field_size: int, set_alias, versions: tupl
     return results
 
 
+def pipeline_move(registry, folder: Path, field_size: int, port: int, token: str, seed: int):
+    """`before_each` for one move the pipeline's way: register a new version (challenger moves to
+    it), wait until the service verified it ahead (its /metrics), then let the move happen."""
+    import urllib.request
+
+    def prepare(_: int) -> tuple[int, str]:
+        [version] = register_versions(registry, folder, field_size, seeds=(seed,))
+        deadline = time.monotonic() + 120
+        while True:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                             headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                text = response.read().decode()
+            done = next((float(line.split()[-1]) for line in text.splitlines()
+                         if line.startswith("quadra_serving_versions_preverified_total ")), 0)
+            if done >= 1:
+                return version, "to a new version registered as challenger, verified ahead (the pipeline's way)"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"version {version} was not verified ahead within 120 s")
+            time.sleep(0.1)
+    return prepare
+
+
 # The run ----------------------------------------------------------------------------------------
 
-def register_versions(registry, folder: Path, field_size: int) -> tuple[int, int]:
+def register_versions(registry, folder: Path, field_size: int, seeds=(0, 1)) -> list[int]:
     from quadra_pipeline.model import FieldTrainer, QuadraModel, save_checkpoint
 
     versions = []
-    for seed in (0, 1):
+    for seed in seeds:
         model = QuadraModel(field_size, seed=seed)
         checkpoint = folder / f"checkpoint-{seed}.pt"
         save_checkpoint(checkpoint, FieldTrainer(model), config={"field_size": field_size, "seed": seed})
         with registry.run("bench-serving", tags={"source": "bench"}) as run_id:
             versions.append(registry.register(run_id, model, checkpoint, tags={"source": "bench"}).version)
-    return versions[0], versions[1]
+    return versions
 
 
 def payloads(field_size: int) -> dict[str, bytes]:
@@ -327,6 +359,7 @@ def main() -> int:
         registry.check_available()
         v1, v2 = register_versions(registry, folder, args.field_size)
         registry.set_alias("champion", v1)
+        registry.delete_alias("challenger")  # nothing verified ahead: the moves below download
         print(f"registered {model} v{v1}, v{v2} (N={args.field_size}); champion -> v{v1}", flush=True)
         try:
             ports = {"mlflow": free_port(), "ours": free_port()}
@@ -377,9 +410,12 @@ def main() -> int:
                             ours_env(folder / "m1", tracking, model, public_key, token_file, 2.0), port, folder)
             servers.append(polling)
             wait_ready(polling, auth)
-            moves["polling every 2 s, embedded store (make serve)"] = time_moves(
-                port, token, args.field_size, lambda v: registry.client.set_registered_model_alias(model, "champion", str(v)),
-                (v1, v2), args.moves)
+            label = "polling every 2 s, embedded store (make serve)"
+            set_local = lambda v: registry.client.set_registered_model_alias(model, "champion", str(v))  # noqa: E731
+            moves[label] = time_moves(port, token, args.field_size, set_local, (v1, v2), args.moves)
+            served = v2 if args.moves % 2 else v1
+            moves[label] += time_moves(port, token, args.field_size, set_local, (served, 0), 1,
+                                       before_each=pipeline_move(registry, folder, args.field_size, port, token, 2))
             polling.stop()
 
             # ... and against an `mlflow server`, by polling and by its webhook.
@@ -411,6 +447,7 @@ def main() -> int:
             remote = ModelRegistry(uri, model_name=model, keys=keys)
             r1, r2 = register_versions(remote, folder, args.field_size)
             remote.set_alias("champion", r1)
+            remote.delete_alias("challenger")
             secret = secrets.token_hex(24)
             secret_file = folder / "webhook_secret"
             secret_file.write_text(secret)
@@ -418,9 +455,10 @@ def main() -> int:
             def set_remote(v: int) -> None:
                 remote.client.set_registered_model_alias(model, "champion", str(v))
 
-            for label, poll, webhook in (("polling every 2 s, mlflow server (the stack's shape)", 2.0, False),
-                                         ("MLflow webhook (polling every 60 s), mlflow server", 60.0, True)):
+            for label, poll, webhook, seed in (("polling every 2 s, mlflow server (the stack's shape)", 2.0, False, 3),
+                                               ("MLflow webhook (polling every 60 s), mlflow server", 60.0, True, 4)):
                 remote.set_alias("champion", r1)
+                remote.delete_alias("challenger")
                 port = free_port()
                 home = folder / f"m-{int(poll)}"
                 home.mkdir()
@@ -435,6 +473,9 @@ def main() -> int:
                                                         events=["model_version_alias.created"], secret=secret)
                     time.sleep(1.5)  # the server's webhook cache (MLFLOW_WEBHOOK_CACHE_TTL=1)
                 moves[label] = time_moves(port, token, args.field_size, set_remote, (r1, r2), args.moves)
+                served = r2 if args.moves % 2 else r1
+                moves[label] += time_moves(port, token, args.field_size, set_remote, (served, 0), 1,
+                                           before_each=pipeline_move(remote, folder, args.field_size, port, token, seed))
                 if hook is not None:
                     remote.client.delete_webhook(hook.webhook_id)
                 follower.stop()

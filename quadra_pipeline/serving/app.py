@@ -38,6 +38,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from ..keys import Keyring
+from ..registry.names import CHALLENGER
 from .cache import RUN_DIR_VARIABLE, RunDir
 from .config import ServingConfig
 from .holder import ModelHolder
@@ -304,11 +305,12 @@ def create_app(config: ServingConfig, run_dir: RunDir, keyring: Keyring) -> Fast
                 log.warning("webhook delivery refused: %s", exc.message)
                 metrics.request("/webhooks/mlflow", exc.status)
                 return _error(exc.status, "UNAUTHENTICATED", exc.message)
-            woke = new and concerns(payload, config.model, config.alias)
+            # The served alias, or the challenger the follower verifies ahead of a promotion.
+            woke = new and any(concerns(payload, config.model, alias) for alias in {config.alias, CHALLENGER})
             if woke:
                 run_dir.wake()
-                log.info("webhook: %s.%s for %s@%s: looking at the alias now", payload.get("entity"), payload.get("action"),
-                         config.model, config.alias)
+                log.info("webhook: %s.%s for %s@%s: looking at the aliases now", payload.get("entity"),
+                         payload.get("action"), config.model, payload.get("data", {}).get("alias"))
             metrics.request("/webhooks/mlflow", 200)
             return Response(json.dumps({"accepted": True, "woke": bool(woke)}), media_type=JSON)
 

@@ -117,6 +117,7 @@ def render(run_dir: RunDir, own: dict[str, Any], status: dict[str, Any] | None) 
                            ("alias_moves", "Alias moves seen."),
                            ("versions_published", "Versions verified and published to the workers."),
                            ("versions_refused", "Versions refused (signature, SHA-256, signature of the model, load)."),
+                           ("versions_preverified", "Challengers downloaded and verified ahead of a promotion."),
                            ("webhook_wakeups", "Verified MLflow webhooks that made the follower look at once.")):
         metric(f"{key}_total", "counter", help_text, [("", int(counters.get(key, 0)))])
     metric("last_alias_check_timestamp_seconds", "gauge", "When the registry last answered a look at the alias.",

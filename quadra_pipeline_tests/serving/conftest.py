@@ -115,11 +115,13 @@ def keyring_of(*pairs: KeyPair) -> Keyring:
 
 
 @contextlib.contextmanager
-def serving(models: Models, keyring: Keyring, tmp_path: Path, **config: Any) -> Iterator["Client"]:
-    """The service on a loopback port, in this process (one worker), polling every 0.5 s unless told."""
+def serving(models: Models, keyring: Keyring, tmp_path: Path, registry: ModelRegistry | None = None,
+            **config: Any) -> Iterator["Client"]:
+    """The service on a loopback port, in this process (one worker), polling every 0.5 s unless
+    told; reading the registry as `registry` (default: the models' store, no credentials)."""
     settings = dict(model=models.name, poll_seconds=0.5, cache_dir=tmp_path / "serving-cache", port=0)
     settings.update(config)
-    service = Serving(ServingConfig(**settings), models.reader(keyring), keyring)
+    service = Serving(ServingConfig(**settings), registry or models.reader(keyring), keyring)
     with service.in_thread() as url:
         yield Client(url, service, token=settings.get("token"))
 

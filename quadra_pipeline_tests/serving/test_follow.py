@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 
-
 from quadra_pipeline.keys import generate
 from quadra_pipeline.registry import CHAMPION, ModelRegistry
 from quadra_pipeline.serving.cache import RunDir
@@ -102,8 +101,10 @@ def test_a_flipped_byte_in_the_new_champions_checkpoint_is_never_served(models, 
         assert set(load.versions()) == {v1}
         metrics = client.get("/metrics").text
         assert "quadra_serving_versions_refused_total 1" in metrics and "quadra_serving_degraded 1" in metrics
-        refusals = [r for r in caplog.records if r.levelno == logging.ERROR and "REFUSED" in r.getMessage()]
-        assert len(refusals) == 1 and "extra_files/checkpoint.pt was changed" in refusals[0].getMessage()
+        refusals = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "REFUSED" in r.getMessage()]
+        # Once as the challenger (verified ahead of a promotion), once as it became champion.
+        assert refusals and all("extra_files/checkpoint.pt was changed" in m for m in refusals), refusals
+        assert any("(alias champion" in m for m in refusals), refusals
         assert not any(p.name.startswith(f"v{v2}-") for p in RunDir(client.service.run_dir.path).versions.iterdir())
 
         v3 = models.register()  # the next good champion clears it
@@ -186,3 +187,23 @@ def test_a_version_mlflows_own_loader_touched_is_still_served(models, signing_ke
     with serving(models, keyring_of(signing_keys), tmp_path) as client:
         client.wait_ready(v1)
         assert client.get("/health").json()["status"] == "ok"
+
+
+def test_the_challenger_is_verified_ahead_of_its_promotion(models, signing_keys, tmp_path, caplog):
+    """`challenger` moves to every version the pipeline registers, before the gate: the follower
+    downloads and verifies it then, so its promotion costs a local re-verification and a load."""
+    caplog.set_level(logging.INFO, logger="quadra_pipeline.serving")
+    v1 = models.register()
+    models.promote(v1)
+    with serving(models, keyring_of(signing_keys), tmp_path) as client:
+        client.wait_ready(v1)
+        v2 = models.register()  # challenger -> v2
+        client.wait_for(lambda: "quadra_serving_versions_preverified_total 1" in client.get("/metrics").text, 10,
+                        "v2 verified ahead")
+        assert client.get("/version").json()["version"] == v1  # not served
+        models.promote(v2)
+        client.wait_ready(v2, timeout=FOLLOW_LIMIT_S)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"verified {models.name} version {v2} (alias challenger) ahead of a promotion" in m for m in messages)
+    assert any(f"serving {models.name} version {v2} (alias champion; verified earlier in this process; verified again"
+               in m for m in messages), messages

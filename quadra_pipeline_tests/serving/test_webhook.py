@@ -102,7 +102,7 @@ def test_a_move_is_served_through_mlflows_webhook_and_a_lost_registry_is_degrade
             registry.client.create_webhook(name="quadra-serving", url=f"{client.url}/webhooks/mlflow",
                                            events=["model_version_alias.created", "model_version_alias.deleted"],
                                            secret=SECRET)
-            v2 = models.register()  # also moves `challenger`: a delivery about another alias, ignored
+            v2 = models.register()  # moves `challenger`: its delivery wakes the follower to verify v2 ahead
             forged_headers, forged_body = mlflow_signed(
                 {**ALIAS_MOVED, "data": {"name": models.name, "alias": "champion", "version": str(v2)}}, secret="forged")
             forged = requests.post(f"{client.url}/webhooks/mlflow", data=forged_body,
