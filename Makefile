@@ -174,4 +174,4 @@ deploy-restore: docker-group
 # verify, the restore drill, down and up again; then faults on the running stack
 # (test_stack_faults.py); then everything it made is removed.
 deploy-test: docker-check standins $(STAMP)
-	QUADRA_DEPLOY_TEST=1 $(BIN)/python -m pytest -p no:cacheprovider quadra_pipeline_tests/deploy/test_standins.py quadra_pipeline_tests/deploy/test_stack.py quadra_pipeline_tests/deploy/test_stack_faults.py $(PYTEST_ARGS)
+	QUADRA_DEPLOY_TEST=1 $(BIN)/python -m pytest -p no:cacheprovider quadra_pipeline_tests/deploy/test_standins.py quadra_pipeline_tests/deploy/test_stack.py quadra_pipeline_tests/deploy/test_stack_monitoring.py quadra_pipeline_tests/deploy/test_stack_faults.py $(PYTEST_ARGS)

@@ -20,7 +20,12 @@ an environment, a command line or a log. What is made, by identity (folder):
                  signing key, the project database's owner role, the MLflow pipeline user, S3
                  credentials for the shared bucket, the broker
     backup/      what backup runs hold: the backup signing key, the secret key, read-only dump
-                 roles, the catalogue role, read-only S3 credentials
+                 roles, the catalogue role, read-only S3 credentials (writes: the logs and the
+                 off-site bucket), the replication role for base backups
+    exporter/    the metrics exporter: a read-only role (Dagster's storage, the training tables),
+                 the MLflow reader
+    alertmanager/ made empty: the alert receivers' secrets, when the operator adds them
+                 (webhook_url, smtp_password; README, "Alerts"); only Alertmanager reads them
     (training/ and backup/ also hold keyrings: the public keys that verify model versions and
     backups, the current ones and, after `--rotate`, the retired ones.)
 
@@ -42,6 +47,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 HOST_DB, PORT_DB = "postgres", 5432
+#: PostgreSQL roles whose passwords db-init sets (db-init/<role>_password).
+ROLES = ("dagster", "quadra", "mlflow", "backup", "catalogue", "aliases", "wal", "monitor")
 BROKER_USER = "quadra"
 #: S3 identities: (access key, buckets it may read, buckets it may write).
 S3_IDENTITIES = {
@@ -104,7 +111,7 @@ def base_values(old: dict[str, str]) -> dict[str, str]:
     fresh = {
         "postgres_password": token(), "dagster_password": token(), "quadra_password": token(),
         "mlflow_password": token(), "backup_password": token(), "catalogue_password": token(),
-        "aliases_password": token(), "wal_password": token(), "mlflow_admin_password": token(), "mlflow_flask_secret_key": token(32),
+        "aliases_password": token(), "wal_password": token(), "monitor_password": token(), "mlflow_admin_password": token(), "mlflow_flask_secret_key": token(32),
         "mlflow_pipeline_password": token(), "mlflow_reader_password": token(), "secret_key": token(32),
         "broker_password": token(), "model_signing_key": "", "backup_signing_key": "",
         **{f"s3_{name}_secret": token(20) for name in S3_IDENTITIES},
@@ -137,7 +144,7 @@ def layout(v: dict[str, str]) -> dict[str, dict[str, str]]:
         "postgres": {"postgres_password": v["postgres_password"]},
         "db-init": {
             "postgres_password": v["postgres_password"],
-            **{f"{role}_password": v[f"{role}_password"] for role in ("dagster", "quadra", "mlflow", "backup", "catalogue", "aliases", "wal")},
+            **{f"{role}_password": v[f"{role}_password"] for role in ROLES},
             "database_url": pg_url("quadra", v["quadra_password"], "quadra"),
         },
         "broker": {"20-quadra.conf": f"default_user = {BROKER_USER}\ndefault_pass = {v['broker_password']}\n"},
@@ -184,6 +191,16 @@ def layout(v: dict[str, str]) -> dict[str, dict[str, str]]:
             "model-keyring.pem": public_of(v["model_signing_key"]),
             "backup-keyring.pem": public_of(v["backup_signing_key"]),
         },
+        # The exporter reads and never writes: Dagster's storage and the training tables as
+        # quadra_monitor (db-init/dagster-grants.sql, grants.sql), the registry as its reader.
+        "exporter": {
+            "dagster.pgpass": f"{HOST_DB}:{PORT_DB}:dagster:quadra_monitor:{v['monitor_password']}\n",
+            "database_url": pg_url("quadra_monitor", v["monitor_password"], "quadra"),
+            "mlflow_password": v["mlflow_reader_password"],
+        },
+        # The receivers' secrets (a webhook URL with its token, an SMTP password) are the
+        # operator's to put here: nothing is made, the folder is.
+        "alertmanager": {},
         # Public halves, for a verify-only host and the keyrings of a later rotation: not secret.
         "public": {
             "model-signing.pub": public_of(v["model_signing_key"]),
@@ -209,7 +226,7 @@ def existing_values(root: Path) -> dict[str, str]:
         "model_signing_key": read("training/model_signing_key"),
         "backup_signing_key": read("backup/backup_signing_key"),
     }
-    for role in ("dagster", "quadra", "mlflow", "backup", "catalogue", "aliases", "wal"):
+    for role in ROLES:
         found[f"{role}_password"] = read(f"db-init/{role}_password")
     conf = read("broker/20-quadra.conf") or ""
     for line in conf.splitlines():

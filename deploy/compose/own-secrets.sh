@@ -2,15 +2,17 @@
 # Part of `make deploy-secrets`: each identity folder of the secrets (deploy/secrets/<identity>/)
 # belongs to the user its container runs as, so the files can stay mode 600 and still be read by
 # that one non-root process: 10001 for the stack's own image, and the uid that the PostgreSQL,
-# RabbitMQ and SeaweedFS images run as (asked of each image, so the official images and the
+# RabbitMQ, SeaweedFS and Alertmanager images run as (asked of each image, so the official images and the
 # stand-ins both work). As root, chown; otherwise through Docker itself (access to Docker is
 # root-equivalent anyway): the files then belong to those uids, read them with sudo.
-# Usage: own-secrets.sh DIR   (QUADRA_POSTGRES_IMAGE, QUADRA_BROKER_IMAGE, QUADRA_OBJECTS_IMAGE)
+# Usage: own-secrets.sh DIR   (QUADRA_POSTGRES_IMAGE, QUADRA_BROKER_IMAGE, QUADRA_OBJECTS_IMAGE,
+# QUADRA_ALERTMANAGER_IMAGE)
 set -eu
 dir="$(cd "$1" && pwd)"
 postgres_image="${QUADRA_POSTGRES_IMAGE:-postgres:15-bookworm}"
 broker_image="${QUADRA_BROKER_IMAGE:-rabbitmq:4.2}"
 objects_image="${QUADRA_OBJECTS_IMAGE:-chrislusf/seaweedfs:4.48}"
+alertmanager_image="${QUADRA_ALERTMANAGER_IMAGE:-prom/alertmanager:v0.27.0}"
 helper_image="${QUADRA_HELPER_IMAGE:-debian:bookworm-slim}"
 
 user_of() {  # IMAGE [USER] -> uid:gid
@@ -38,5 +40,6 @@ objects_owner="$(user_of "$objects_image" seaweed)"  # it starts as root, then r
 own "$postgres_owner" postgres
 own "$broker_owner" broker
 own "$objects_owner" objects
-own 10001:10001 db-init mlflow webserver daemon code training backup wal public
+own "$(user_of "$alertmanager_image")" alertmanager  # nobody, in the official image
+own 10001:10001 db-init mlflow webserver daemon code training backup wal exporter public
 echo "deploy-secrets: each identity's files belong to the user its container runs as (mode 600)"

@@ -6,6 +6,8 @@
 #   QUADRA_ALERT_WEBHOOK_URL_FILE   a file holding the webhook's URL (a secret: it may hold a token)
 #   QUADRA_ALERT_SMTP_HOST, _PORT (587), _TLS (starttls | ssl | none), _FROM, _TO (comma-separated),
 #   QUADRA_ALERT_SMTP_USER with QUADRA_ALERT_SMTP_PASSWORD_FILE (Alertmanager reads that file itself)
+#   QUADRA_ALERT_SECRETS_DIR        a folder where `webhook_url` and `smtp_password`, when present,
+#                                   stand for the two _FILE variables (the stack's deploy/secrets/alertmanager/)
 # None set: no receiver; alerts are still shown in Alertmanager's UI.
 #
 # The URL is read from its file by awk and written only into the configuration, in a folder only
@@ -30,6 +32,16 @@ plain() {
 [ -r "$template" ] || fail "the template $template is missing (mount deploy/prometheus/alertmanager.yml there)"
 keep=""
 webhook_file="${QUADRA_ALERT_WEBHOOK_URL_FILE:-}"
+# The Compose stack mounts the operator's folder of receiver secrets (QUADRA_ALERT_SECRETS_DIR):
+# a `webhook_url` there is the webhook, a `smtp_password` the SMTP login's password, unless the
+# variables above name other files.
+secrets_dir="${QUADRA_ALERT_SECRETS_DIR:-}"
+if [ -z "$webhook_file" ] && [ -n "$secrets_dir" ] && [ -e "$secrets_dir/webhook_url" ]; then
+  webhook_file="$secrets_dir/webhook_url"
+fi
+if [ -z "${QUADRA_ALERT_SMTP_PASSWORD_FILE:-}" ] && [ -n "$secrets_dir" ] && [ -e "$secrets_dir/smtp_password" ]; then
+  export QUADRA_ALERT_SMTP_PASSWORD_FILE="$secrets_dir/smtp_password"
+fi
 if [ -n "$webhook_file" ]; then
   [ -s "$webhook_file" ] || fail "QUADRA_ALERT_WEBHOOK_URL_FILE=$webhook_file is missing or empty"
   keep="$keep webhook"

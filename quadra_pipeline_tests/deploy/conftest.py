@@ -1,5 +1,5 @@
 """The container deployment's tests. `test_stack.py` builds the image and runs the Compose stack
-on Docker, then `test_stack_faults.py` breaks its parts on the same stack: they run only under
+on Docker, then `test_stack_monitoring.py` faults it to alerts and `test_stack_faults.py` breaks its parts on the same stack: they run only under
 `make deploy-test` (QUADRA_DEPLOY_TEST=1), so `make test` stays free of image builds; the rest
 (the deployment files read statically) runs everywhere."""
 
@@ -9,7 +9,7 @@ import pytest
 
 from .stack import Stack, docker_available, free_port, leftovers
 
-collect_ignore = [] if os.environ.get("QUADRA_DEPLOY_TEST") == "1" else ["test_stack.py", "test_stack_faults.py"]
+collect_ignore = [] if os.environ.get("QUADRA_DEPLOY_TEST") == "1" else ["test_stack.py", "test_stack_monitoring.py", "test_stack_faults.py"]
 
 
 @pytest.fixture(scope="session")

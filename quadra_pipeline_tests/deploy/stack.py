@@ -15,9 +15,10 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quadra_pipeline_tests.defs.conftest import REPO_ROOT
@@ -27,7 +28,8 @@ PHASES: list[tuple[str, float, str]] = []
 
 PROJECT = "quadra"
 RUN_LABEL = "io.quadra.role=run"
-SERVICES = ("postgres", "wal", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker")
+SERVICES = ("postgres", "wal", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker", "exporter",
+            "prometheus", "alertmanager")
 
 
 class StackError(AssertionError):
@@ -40,8 +42,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def docker(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+def docker(*args: str, check: bool = True, timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, input=input)
     if check and done.returncode:
         raise StackError(f"docker {' '.join(args[:3])} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
     return done
@@ -68,12 +70,17 @@ class Stack:
     image: str
     dagster_port: int
     mlflow_port: int
+    prometheus_port: int = field(default_factory=lambda: free_port())
+    alertmanager_port: int = field(default_factory=lambda: free_port())
+
+    def ports(self) -> dict[str, str]:
+        return {"DAGSTER_PORT": str(self.dagster_port), "MLFLOW_PORT": str(self.mlflow_port),
+                "PROMETHEUS_PORT": str(self.prometheus_port), "ALERTMANAGER_PORT": str(self.alertmanager_port)}
 
     # The Make targets, as a user runs them ----------------------------------------------
 
     def make(self, target: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-        environment = {**os.environ, "QUADRA_SECRETS_DIR": str(self.secrets_dir), "IMAGE": self.image,
-                       "DAGSTER_PORT": str(self.dagster_port), "MLFLOW_PORT": str(self.mlflow_port)}
+        environment = {**os.environ, "QUADRA_SECRETS_DIR": str(self.secrets_dir), "IMAGE": self.image, **self.ports()}
         done = subprocess.run(["make", "--no-print-directory", target], cwd=REPO_ROOT, env=environment,
                               capture_output=True, text=True, timeout=timeout)
         if done.returncode:
@@ -90,8 +97,7 @@ class Stack:
 
     def compose_env(self) -> dict[str, str]:
         return {**os.environ, "QUADRA_IMAGE": self.image, "DOCKER_GID": docker_gid(),
-                "QUADRA_SECRETS_DIR": str(self.secrets_dir),
-                "DAGSTER_PORT": str(self.dagster_port), "MLFLOW_PORT": str(self.mlflow_port)}
+                "QUADRA_SECRETS_DIR": str(self.secrets_dir), **self.ports()}
 
     @staticmethod
     def compose_argv(*args: str) -> list[str]:
@@ -291,6 +297,28 @@ class Stack:
                     metadata[entry["label"]] = entry["floatValue"]
             result[check["name"]] = {"status": execution.get("status"), "success": evaluation.get("success"), **metadata}
         return result
+
+    # Prometheus and Alertmanager -------------------------------------------------------------
+
+    def prometheus(self, query: str) -> list[dict]:
+        """An instant query on the stack's Prometheus: its result vector."""
+        url = f"http://127.0.0.1:{self.prometheus_port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        with urllib.request.urlopen(url, timeout=15) as response:
+            answer = json.load(response)
+        if answer.get("status") != "success":
+            raise StackError(f"Prometheus: {answer}")
+        return answer["data"]["result"]
+
+    def active_alerts(self) -> list[dict]:
+        """The alerts Alertmanager holds as active (firing, not resolved, not silenced)."""
+        url = f"http://127.0.0.1:{self.alertmanager_port}/api/v2/alerts?active=true&silenced=false&inhibited=false"
+        with urllib.request.urlopen(url, timeout=15) as response:
+            return json.load(response)
+
+    def gateway(self) -> str:
+        """The address of this host on the stack's network (what its containers reach it at)."""
+        network = json.loads(docker("network", "inspect", PROJECT).stdout)[0]
+        return network["IPAM"]["Config"][0]["Gateway"]
 
     # MLflow ---------------------------------------------------------------------------------
 

@@ -19,15 +19,17 @@ from quadra_pipeline.keys import load_pair
 from quadra_pipeline_tests.defs.conftest import REPO_ROOT
 
 COMPOSE_DIR = REPO_ROOT / "deploy" / "compose"
-LONG_RUNNING = ("postgres", "wal", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker")
+LONG_RUNNING = ("postgres", "wal", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker", "exporter",
+                "prometheus", "alertmanager")
 ONE_SHOT = ("db-init",)
 TOOLS = ("backup",)  # `docker compose --profile tools run --rm backup ...`
 #: Who holds which secret files (README, "Deployment": the table), by the name it reads them as.
 IDENTITIES = {
     "postgres": {"postgres_password"},
     "db-init": {"postgres_password", "dagster_password", "quadra_password", "mlflow_password", "backup_password",
-                "catalogue_password", "aliases_password", "wal_password", "database_url"},
+                "catalogue_password", "aliases_password", "wal_password", "monitor_password", "database_url"},
     "wal": {"wal.pgpass"},
+    "exporter": {"dagster.pgpass", "database_url", "mlflow_password"},
     "broker": {"/etc/rabbitmq/conf.d/20-quadra.conf"},
     "objects": {"s3.json"},
     "mlflow": {"backend_store_uri", "admin_password", "flask_secret_key", "pipeline_password", "reader_password",
@@ -96,11 +98,13 @@ def test_every_service_has_a_health_check_a_restart_policy_and_waits_on_health(c
     assert "/health" in checks["mlflow"] and "/run/quadra/ready" in checks["mlflow"]  # healthy once its users exist
     assert "grpc-health-check" in checks["code"] and "/server_info" in checks["webserver"]
     assert "liveness-check" in checks["daemon"] and "worker --ping" in checks["worker"]
+    assert "9464/health" in checks["exporter"]
+    assert "9090/-/ready" in checks["prometheus"] and "9093/-/ready" in checks["alertmanager"]
 
 
 def test_published_ports_bind_to_loopback_by_default(compose):
     published = {name: s["ports"] for name, s in compose["services"].items() if "ports" in s}
-    assert set(published) == {"mlflow", "webserver"}
+    assert set(published) == {"mlflow", "webserver", "prometheus", "alertmanager"}
     for name, ports in published.items():
         for port in ports:  # "${MLFLOW_BIND:-127.0.0.1}:${MLFLOW_PORT:-5000}:5000"
             assert re.fullmatch(r"\$\{[A-Z]+_BIND:-127\.0\.0\.1\}:\$\{[A-Z]+_PORT:-\d+\}:\d+", port), (name, port)
@@ -115,7 +119,8 @@ def test_no_secret_is_in_an_environment_or_on_a_command_line(compose, instance):
                 assert value.startswith("/run/secrets/") and value.rsplit("/", 1)[1] in held(service), (name, variable)
                 continue
             else:
-                assert not SECRET_WORDS.search(variable) or variable == "QUADRA_SECRETS_HOST_DIR", (name, variable)  # a path
+                # Paths of folders, not secrets:
+                assert not SECRET_WORDS.search(variable) or variable in {"QUADRA_SECRETS_HOST_DIR", "QUADRA_ALERT_SECRETS_DIR"}, (name, variable)
                 assert "@" not in value or value.startswith("quadra@"), (name, variable)
         command = service.get("command") or []
         assert "$" not in " ".join(command) and "PASSWORD" not in " ".join(command).upper(), name
@@ -141,6 +146,19 @@ def test_each_service_holds_exactly_its_identitys_secrets(compose):
     assert [n for n, s in IDENTITIES.items() if "backup_signing_key" in s] == ["backup"]
     # The socket's own group, never the root group by default: make deploy-up sets it, or refuses.
     assert compose["services"]["daemon"]["group_add"] == ["${DOCKER_GID:?make deploy-up sets DOCKER_GID to the group of /var/run/docker.sock}"]
+
+
+def test_only_alertmanager_mounts_a_secrets_folder_and_read_only(compose, secrets_dir):
+    """The alert receivers' secrets are optional files the operator adds (a Compose secret must
+    exist): Alertmanager alone mounts their folder, read-only; make deploy-secrets makes it."""
+    mounts = {name: [v for v in s.get("volumes", []) if "QUADRA_SECRETS_DIR" in str(v)] for name, s in compose["services"].items()}
+    assert {name: m for name, m in mounts.items() if m} == {"alertmanager": [{
+        "type": "bind", "source": "${QUADRA_SECRETS_DIR:-../secrets}/alertmanager", "target": "/run/secrets/alerts",
+        "read_only": True, "bind": {"create_host_path": False}}]}
+    assert environment(compose["services"]["alertmanager"])["QUADRA_ALERT_SECRETS_DIR"] == "/run/secrets/alerts"
+    assert (secrets_dir / "alertmanager").is_dir() and not any((secrets_dir / "alertmanager").iterdir())
+    # The pipeline's run-failure sensor holds no receiver's secret: it posts to Alertmanager.
+    assert environment(compose["services"]["code"])["QUADRA_ALERTMANAGER_URL"] == "http://alertmanager:9093"
 
 
 def test_every_secret_file_compose_names_is_one_make_deploy_secrets_writes(compose, secrets_dir):

@@ -38,6 +38,9 @@ TABLE = {
     "daemon": {"/run/secrets/dagster.pgpass"},
     "worker": {f"/run/secrets/{n}" for n in ("dagster.pgpass", "database_url", "mlflow_password", "model_signing_key",
                                              "celery_broker_url", "aws_credentials", "model-keyring.pem")},
+    "exporter": {f"/run/secrets/{n}" for n in ("dagster.pgpass", "database_url", "mlflow_password")},
+    "prometheus": set(),
+    "alertmanager": {"/run/secrets/alerts"},  # the receivers' secrets the operator puts there (read-only)
 }
 RUNS = {
     "training": {"dagster.pgpass", "database_url", "mlflow_password", "model_signing_key", "celery_broker_url",

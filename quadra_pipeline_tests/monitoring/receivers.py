@@ -23,11 +23,13 @@ class Webhook:
     received: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     attempts: int = 0
+    arrived: list[float] = field(default_factory=list)  # time.time() of each body in `received`
 
 
 @contextlib.contextmanager
-def webhook_receiver(status: int = 200, path: str = "/hook?token=s3cr3t-token") -> Iterator[Webhook]:
-    """Records each JSON body POSTed to it and answers `status`."""
+def webhook_receiver(status: int = 200, path: str = "/hook?token=s3cr3t-token", host: str = "127.0.0.1") -> Iterator[Webhook]:
+    """Records each JSON body POSTed to it and answers `status`. `host`: the address it listens
+    on (a Docker network's gateway, for containers to reach it)."""
     hook = Webhook(url="")
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -38,6 +40,7 @@ def webhook_receiver(status: int = 200, path: str = "/hook?token=s3cr3t-token") 
             hook.paths.append(self.path)
             if status == 200:
                 hook.received.append(json.loads(body))
+                hook.arrived.append(time.time())
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -45,8 +48,8 @@ def webhook_receiver(status: int = 200, path: str = "/hook?token=s3cr3t-token") 
         def log_message(self, *_args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    hook.url = f"http://127.0.0.1:{server.server_port}{path}"
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    hook.url = f"http://{host}:{server.server_port}{path}"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:

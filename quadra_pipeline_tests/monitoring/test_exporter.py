@@ -497,32 +497,65 @@ def test_the_replication_lag_as_its_check_last_measured_it(clean_env):
 @pytest.mark.postgres
 def test_the_stacks_exporter_instance_reads_dagsters_postgresql_storage_and_writes_nothing_in_its_home(
         clean_env, tmp_path, monkeypatch):
-    """deploy/prometheus/exporter-dagster.yaml as the stack mounts it (storage only, the passfile):
-    the exporter reads what another process of the instance recorded, and its DAGSTER_HOME keeps
-    nothing but dagster.yaml."""
+    """deploy/prometheus/exporter-dagster.yaml as the stack mounts it (storage only, the passfile)
+    with the stack's read-only role (deploy/compose/db-init/dagster-grants.sql): the exporter
+    reads what another process of the instance recorded, cannot write Dagster's storage, and its
+    DAGSTER_HOME keeps nothing but dagster.yaml."""
     import os
+    import uuid
 
+    import sqlalchemy as sa
+
+    from quadra_pipeline_tests.defs.conftest import REPO_ROOT
     from quadra_pipeline_tests.monitoring.conftest import PROMETHEUS_DIR
     from quadra_pipeline_tests.monitoring.test_alerts import nightly_job
-    from quadra_pipeline_tests.postgres import scratch_database
+    from quadra_pipeline_tests.postgres import ADMIN_URL, scratch_database
 
-    with scratch_database("quadra_exporter_dagster") as url:
-        passfile = tmp_path / "dagster.pgpass"
-        passfile.write_text(f"{url.host}:{url.port or 5432}:{url.database}:{url.username}:{url.password or 'unused'}\n")
-        passfile.chmod(0o600)
-        home = tmp_path / "exporter-home"
-        home.mkdir()
-        (home / "dagster.yaml").write_text(
-            (PROMETHEUS_DIR / "exporter-dagster.yaml").read_text().replace("/run/secrets/dagster.pgpass", str(passfile)))
-        for name, setting in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": url.host, "DAGSTER_PG_USER": url.username,
-                            "DAGSTER_PG_DB": url.database}.items():
-            monkeypatch.setenv(name, setting)
-        with dg.DagsterInstance.from_config(str(home)) as other:  # the daemon's side: it runs jobs
-            for _ in range(2):
-                nightly_job.execute_in_process(instance=other, raise_on_error=False)
-        source = DagsterSource()  # DagsterInstance.get(), as `quadra exporter` opens it
-        samples = scrape(QuadraCollector([source]))
-        assert value(samples, "quadra_source_up", source="dagster") == 1
-        assert value(samples, "quadra_job_consecutive_failures", dagster_job="nightly_job") == 2
-        source.instance().dispose()
-        assert os.listdir(home) == ["dagster.yaml"]
+    reader = f"quadra_monitor_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'create role "{reader}" login'))
+    try:
+        with scratch_database("quadra_exporter_dagster") as url:
+            def passfile_for(user: str) -> Path:
+                path = tmp_path / f"{user}.pgpass"
+                path.write_text(f"{url.host}:{url.port or 5432}:{url.database}:{user}:{url.password or 'unused'}\n")
+                path.chmod(0o600)
+                return path
+
+            home = tmp_path / "exporter-home"
+            home.mkdir()
+            template = (PROMETHEUS_DIR / "exporter-dagster.yaml").read_text()
+            for name, setting in {"DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": url.host, "DAGSTER_PG_DB": url.database}.items():
+                monkeypatch.setenv(name, setting)
+            # The daemon's side, as the storage's owner: it makes the tables and runs jobs.
+            owner_home = tmp_path / "owner-home"
+            owner_home.mkdir()
+            (owner_home / "dagster.yaml").write_text(template.replace("/run/secrets/dagster.pgpass", str(passfile_for(url.username))))
+            monkeypatch.setenv("DAGSTER_PG_USER", url.username)
+            with dg.DagsterInstance.from_config(str(owner_home)) as other:
+                for _ in range(2):
+                    nightly_job.execute_in_process(instance=other, raise_on_error=False)
+            # db-init's grants, as the stack runs them (there, the owner is the `dagster` role).
+            granted = subprocess.run(
+                ["psql", "--no-psqlrc", "--quiet", "-h", url.host, "-U", url.username, "-d", url.database,
+                 "-v", f"reader={reader}", "-v", f"owner={url.username}",
+                 "-f", str(REPO_ROOT / "deploy/compose/db-init/dagster-grants.sql")],
+                capture_output=True, text=True, timeout=60, check=False)
+            assert granted.returncode == 0, granted.stderr
+            (home / "dagster.yaml").write_text(template.replace("/run/secrets/dagster.pgpass", str(passfile_for(reader))))
+            monkeypatch.setenv("DAGSTER_PG_USER", reader)
+            source = DagsterSource()  # DagsterInstance.get(), as `quadra exporter` opens it
+            samples = scrape(QuadraCollector([source]))
+            assert value(samples, "quadra_source_up", source="dagster") == 1
+            assert value(samples, "quadra_job_consecutive_failures", dagster_job="nightly_job") == 2
+            source.instance().dispose()
+            assert os.listdir(home) == ["dagster.yaml"]
+            as_reader = sa.create_engine(url.set(username=reader))
+            with as_reader.connect() as connection, pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                connection.execute(sa.text("delete from runs"))
+            as_reader.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'drop role if exists "{reader}"'))
+        admin.dispose()

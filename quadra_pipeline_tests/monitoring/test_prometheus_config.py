@@ -139,6 +139,27 @@ def test_webhook_and_email_with_a_login(tmp_path):
     assert copy.read_bytes() == b"mail-s3cret" and copy.stat().st_mode & 0o077 == 0
 
 
+def test_the_stacks_folder_of_receiver_secrets_configures_what_it_holds(tmp_path):
+    """The Compose stack mounts deploy/secrets/alertmanager/ (QUADRA_ALERT_SECRETS_DIR): an empty
+    folder is no receiver; a webhook_url put there by the operator is the webhook; a
+    smtp_password there is the login's password."""
+    secrets = tmp_path / "alertmanager"
+    secrets.mkdir()
+    assert "alerts only in the UI" in render(tmp_path, QUADRA_ALERT_SECRETS_DIR=str(secrets)).stderr
+    (secrets / "webhook_url").write_text("http://172.18.0.1:8099/hook?token=s3cr3t\n")
+    (secrets / "smtp_password").write_text("mail-s3cret\n")
+    result = render(tmp_path, QUADRA_ALERT_SECRETS_DIR=str(secrets), QUADRA_ALERT_SMTP_HOST="smtp.example.com",
+                    QUADRA_ALERT_SMTP_FROM="q@example.com", QUADRA_ALERT_SMTP_TO="o@example.com",
+                    QUADRA_ALERT_SMTP_USER="quadra-alerts")
+    assert result.returncode == 0, result.stderr
+    config_file = tmp_path / "run" / "alertmanager.yml"
+    amtool_check(config_file)
+    [receiver] = yaml.safe_load(config_file.read_text())["receivers"]
+    assert receiver["webhook_configs"][0]["url"] == "http://172.18.0.1:8099/hook?token=s3cr3t"
+    assert receiver["email_configs"][0]["auth_password_file"] == str(tmp_path / "run" / "smtp_password")
+    assert (tmp_path / "run" / "smtp_password").read_bytes() == b"mail-s3cret"
+
+
 def test_email_over_implicit_tls_and_a_relay_without_login(tmp_path):
     result = render(tmp_path, QUADRA_ALERT_SMTP_HOST="smtp.example.com", QUADRA_ALERT_SMTP_PORT="465",
                     QUADRA_ALERT_SMTP_TLS="ssl", QUADRA_ALERT_SMTP_FROM="q@example.com", QUADRA_ALERT_SMTP_TO="o@example.com")

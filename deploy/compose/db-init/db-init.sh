@@ -6,7 +6,7 @@
 # The superuser's password reaches psql through a passfile made here in a private tmpfs.
 set -eu
 secret() { [ -s "/run/secrets/$1" ] || { echo "db-init: the secret file /run/secrets/$1 is missing or empty (make deploy-secrets)" >&2; exit 1; }; }
-for name in postgres_password dagster_password quadra_password mlflow_password backup_password catalogue_password aliases_password wal_password database_url; do
+for name in postgres_password dagster_password quadra_password mlflow_password backup_password catalogue_password aliases_password wal_password monitor_password database_url; do
   secret "$name"
 done
 umask 077
@@ -15,5 +15,6 @@ printf '*:*:*:postgres:%s\n' "$(cat /run/secrets/postgres_password)" > "$PGPASSF
 psql --no-psqlrc --quiet --dbname postgres --file /opt/quadra/db-init/roles.sql
 DATABASE_URL_FILE=/run/secrets/database_url quadra db upgrade
 psql --no-psqlrc --quiet --dbname quadra --file /opt/quadra/db-init/grants.sql
+psql --no-psqlrc --quiet --dbname dagster -v reader=quadra_monitor -v owner=dagster --file /opt/quadra/db-init/dagster-grants.sql
 rm -f "$PGPASSFILE"
 echo "db-init: roles, databases, schema and grants are in place"

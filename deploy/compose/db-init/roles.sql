@@ -11,9 +11,10 @@
 \set catalogue_password `cat /run/secrets/catalogue_password`
 \set aliases_password `cat /run/secrets/aliases_password`
 \set wal_password `cat /run/secrets/wal_password`
+\set monitor_password `cat /run/secrets/monitor_password`
 
 SELECT format('CREATE ROLE %I', name) FROM unnest(ARRAY['dagster', 'quadra', 'mlflow', 'quadra_backup',
-  'quadra_catalogue', 'quadra_aliases', 'quadra_wal']) AS name WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) \gexec
+  'quadra_catalogue', 'quadra_aliases', 'quadra_wal', 'quadra_monitor']) AS name WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) \gexec
 
 -- Owners: Dagster's storage, the project's database, MLflow's database. The project's and
 -- MLflow's may create databases: an in-place restore restores into new ones and renames them.
@@ -32,9 +33,13 @@ GRANT pg_monitor TO quadra_aliases;
 -- Continuous archiving: streams the WAL and takes base backups (a replication connection only:
 -- it can read everything physically, change nothing).
 ALTER ROLE quadra_wal WITH LOGIN REPLICATION NOCREATEDB PASSWORD :'wal_password';
+-- The metrics exporter: reads Dagster's storage and the training tables, writes nothing
+-- (grants.sql, dagster-grants.sql).
+ALTER ROLE quadra_monitor WITH LOGIN NOCREATEDB PASSWORD :'monitor_password';
 
 SELECT format('CREATE DATABASE %I OWNER %I', name, name) FROM unnest(ARRAY['dagster', 'quadra', 'mlflow']) AS name
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = name) \gexec
 REVOKE ALL ON DATABASE dagster, quadra, mlflow FROM PUBLIC;
 GRANT CONNECT ON DATABASE quadra, mlflow TO quadra_backup;
-GRANT CONNECT ON DATABASE quadra TO quadra_catalogue, quadra_aliases;
+GRANT CONNECT ON DATABASE quadra TO quadra_catalogue, quadra_aliases, quadra_monitor;
+GRANT CONNECT ON DATABASE dagster TO quadra_monitor;
