@@ -58,6 +58,7 @@ SECRET_KEYS = {
                       "aws-credentials"},
     "quadra-mlflow": {"pgpass", "admin-password", "flask-secret-key", "pipeline-password", "reader-password",
                       "aws-credentials"},
+    "quadra-serving": {"serving-token", "mlflow-password"},
 }
 DAGSTER_STORAGE = {"quadra-dagster-postgresql", "quadra-postgres-ca"}
 # ...and the secrets each pod may mount, no more, no fewer.
@@ -72,7 +73,10 @@ POD_SECRETS = {
     "backup_job": DAGSTER_STORAGE | {"quadra-backup"},
     "base_backup_job": DAGSTER_STORAGE | {"quadra-backup"},
     "mlflow": {"quadra-postgres-ca", "quadra-mlflow"},
+    "quadra-serving": {"quadra-serving"},  # MLflow as quadra-reader, its token; no database
 }
+# Pods that never reach PostgreSQL (no CA to mount).
+NO_POSTGRES = {"quadra-serving"}
 # Containers allowed a writable root filesystem, with the reason (none today).
 WRITABLE_ROOT: dict[str, str] = {}
 # Environment variables that name a secret's file (besides <NAME>_FILE).
@@ -483,6 +487,8 @@ def test_dagster_storage_uses_tls_with_the_servers_certificate_checked(merged):
     assert merged["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
     pods = all_pods(merged)
     for name, pod in pods.items():
+        if name in NO_POSTGRES:
+            continue
         main = pod["containers"][0]
         root_cert = params["sslrootcert"]
         if name == "mlflow":
