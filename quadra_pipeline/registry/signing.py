@@ -36,10 +36,18 @@ def _key_file(pem: bytes) -> Iterator[Path]:
         yield path
 
 
+#: What MLflow itself writes into a stored version's folder when the version is loaded through
+#: `models:/` from a local artifact store (`mlflow.pyfunc.load_model("models:/quadra-matrix@champion")`
+#: in a notebook on the embedded store): its name and version, no code. Left out of what is
+#: hashed, or a load would make the version fail verification and promotion. Verifying with it
+#: left out holds for signatures made before it was (tested).
+MLFLOW_ADDED = "registered_model_meta"
+
+
 def _hashing():
     from model_signing import hashing
 
-    return hashing.Config().set_ignored_paths(paths=[SIGNATURE_DIR], ignore_git_paths=False)
+    return hashing.Config().set_ignored_paths(paths=[SIGNATURE_DIR, MLFLOW_ADDED], ignore_git_paths=False)
 
 
 def sign_directory(model_dir: Path, keys: KeyPair) -> Path:
@@ -103,7 +111,7 @@ def _file_differences(model_dir: Path, signature: Path) -> str:
     present = {
         path.relative_to(model_dir).as_posix(): path
         for path in sorted(model_dir.rglob("*"))
-        if path.is_file() and path.relative_to(model_dir).parts[0] != SIGNATURE_DIR
+        if path.is_file() and path.relative_to(model_dir).parts[0] not in (SIGNATURE_DIR, MLFLOW_ADDED)
     }
     changed = [name for name in sorted(set(signed) & set(present)) if file_sha256(present[name]) != signed[name]]
     added = sorted(set(present) - set(signed))

@@ -66,6 +66,22 @@ def test_an_added_or_replaced_file_fails_too(registry, engine, trained):
         registry.verify_version(registered.version)
 
 
+def test_a_version_loaded_through_models_uri_still_verifies_and_promotes(registry, engine, trained, tmp_path):
+    """MLflow writes `registered_model_meta` into a local store's version folder when the version
+    is loaded through `models:/` (a notebook on the embedded store): not a change of the model."""
+    import mlflow
+
+    model, checkpoint = trained
+    registered = register(registry, engine, model, checkpoint)
+    mlflow.set_tracking_uri(registry.client.tracking_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{registry.model_name}/{registered.version}")
+    assert loaded is not None
+    assert stored_file(registry, registered.version, "registered_model_meta").is_file()  # what MLflow wrote
+    assert registry.verify_version(registered.version).version == registered.version
+    promote(registry, engine, registered.version, moved_by="cli:test", reason="loaded in a notebook first")
+    assert registry.alias_version(CHAMPION) == registered.version
+
+
 def test_a_replaced_signature_or_another_key_is_refused(tracking, registry, engine, trained, model_name):
     model, checkpoint = trained
     registered = register(registry, engine, model, checkpoint)
