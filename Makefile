@@ -148,11 +148,12 @@ deploy-down:
 
 # New signing keys for models and backups on a running stack; the old public keys stay in the
 # keyrings, so every older backup and version still verifies (docs/DISASTER_RECOVERY.md). Runs
-# launched from now on get the new keys; the workers, which hold the model key, are recreated.
+# launched from now on get the new keys; the workers (the model key) and the online service (the
+# model keyring) are recreated.
 deploy-rotate-keys: docker-group
 	$(BIN)/python deploy/compose/make_secrets.py --dir "$(QUADRA_SECRETS_DIR)" --rotate
 	@sh deploy/compose/own-secrets.sh "$(QUADRA_SECRETS_DIR)"
-	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) up -d --wait --force-recreate --no-deps worker
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) up -d --wait --force-recreate --no-deps worker serving
 	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) --profile tools run --rm -T backup verify
 
 # Disaster recovery of PostgreSQL (all three databases) from the continuous archive: the server

@@ -22,6 +22,7 @@ an environment, a command line or a log. What is made, by identity (folder):
     backup/      what backup runs hold: the backup signing key, the secret key, read-only dump
                  roles, the catalogue role, read-only S3 credentials (writes: the logs and the
                  off-site bucket), the replication role for base backups
+    serving/     the online service: its bearer token, the MLflow reader, the model keyring
     exporter/    the metrics exporter: a read-only role (Dagster's storage, the training tables),
                  the MLflow reader
     alertmanager/ made empty: the alert receivers' secrets, when the operator adds them
@@ -191,6 +192,13 @@ def layout(v: dict[str, str]) -> dict[str, dict[str, str]]:
             "model-keyring.pem": public_of(v["model_signing_key"]),
             "backup-keyring.pem": public_of(v["backup_signing_key"]),
         },
+        # The online service: the token its clients send, MLflow's reader (it follows the alias),
+        # the public keys that verify each version before it is served.
+        "serving": {
+            "serving_token": token(32),
+            "mlflow_password": v["mlflow_reader_password"],
+            "model-keyring.pem": public_of(v["model_signing_key"]),
+        },
         # The exporter reads and never writes: Dagster's storage and the training tables as
         # quadra_monitor (db-init/dagster-grants.sql, grants.sql), the registry as its reader.
         "exporter": {
@@ -265,7 +273,7 @@ def write(root: Path, files: dict[str, dict[str, str]]) -> list[str]:
 
 
 KEYRINGS = {  # signing key file -> the keyring files that keep its public key after a rotation
-    "training/model_signing_key": ("training/model-keyring.pem", "backup/model-keyring.pem"),
+    "training/model_signing_key": ("training/model-keyring.pem", "backup/model-keyring.pem", "serving/model-keyring.pem"),
     "backup/backup_signing_key": ("backup/backup-keyring.pem",),
 }
 

@@ -41,5 +41,5 @@ own "$postgres_owner" postgres
 own "$broker_owner" broker
 own "$objects_owner" objects
 own "$(user_of "$alertmanager_image")" alertmanager  # nobody, in the official image
-own 10001:10001 db-init mlflow webserver daemon code training backup wal exporter public
+own 10001:10001 db-init mlflow webserver daemon code training backup wal exporter serving public
 echo "deploy-secrets: each identity's files belong to the user its container runs as (mode 600)"

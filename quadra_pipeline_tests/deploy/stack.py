@@ -28,8 +28,8 @@ PHASES: list[tuple[str, float, str]] = []
 
 PROJECT = "quadra"
 RUN_LABEL = "io.quadra.role=run"
-SERVICES = ("postgres", "wal", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker", "exporter",
-            "prometheus", "alertmanager")
+SERVICES = ("postgres", "wal", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker", "serving",
+            "exporter", "prometheus", "alertmanager")
 
 
 class StackError(AssertionError):
@@ -72,10 +72,12 @@ class Stack:
     mlflow_port: int
     prometheus_port: int = field(default_factory=lambda: free_port())
     alertmanager_port: int = field(default_factory=lambda: free_port())
+    serving_port: int = field(default_factory=lambda: free_port())
 
     def ports(self) -> dict[str, str]:
         return {"DAGSTER_PORT": str(self.dagster_port), "MLFLOW_PORT": str(self.mlflow_port),
-                "PROMETHEUS_PORT": str(self.prometheus_port), "ALERTMANAGER_PORT": str(self.alertmanager_port)}
+                "PROMETHEUS_PORT": str(self.prometheus_port), "ALERTMANAGER_PORT": str(self.alertmanager_port),
+                "SERVING_PORT": str(self.serving_port)}
 
     # The Make targets, as a user runs them ----------------------------------------------
 
@@ -297,6 +299,26 @@ class Stack:
                     metadata[entry["label"]] = entry["floatValue"]
             result[check["name"]] = {"status": execution.get("status"), "success": evaluation.get("success"), **metadata}
         return result
+
+    # The online service ------------------------------------------------------------------------
+
+    def serving(self, path: str, *, token: str | None = None, body: dict | None = None) -> tuple[int, dict | str, dict]:
+        """A call to `serving` on its published port: (status, JSON or text, headers)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(f"http://127.0.0.1:{self.serving_port}{path}", data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                status, text, got = response.status, response.read().decode(), dict(response.headers)
+        except urllib.error.HTTPError as exc:
+            status, text, got = exc.code, exc.read().decode(errors="replace"), dict(exc.headers)
+        try:
+            return status, json.loads(text), got
+        except ValueError:
+            return status, text, got
 
     # Prometheus and Alertmanager -------------------------------------------------------------
 

@@ -19,8 +19,8 @@ from quadra_pipeline.keys import load_pair
 from quadra_pipeline_tests.defs.conftest import REPO_ROOT
 
 COMPOSE_DIR = REPO_ROOT / "deploy" / "compose"
-LONG_RUNNING = ("postgres", "wal", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker", "exporter",
-                "prometheus", "alertmanager")
+LONG_RUNNING = ("postgres", "wal", "broker", "objects", "mlflow", "code", "webserver", "daemon", "worker", "serving",
+                "exporter", "prometheus", "alertmanager")
 ONE_SHOT = ("db-init",)
 TOOLS = ("backup",)  # `docker compose --profile tools run --rm backup ...`
 #: Who holds which secret files (README, "Deployment": the table), by the name it reads them as.
@@ -30,6 +30,7 @@ IDENTITIES = {
                 "catalogue_password", "aliases_password", "wal_password", "monitor_password", "database_url"},
     "wal": {"wal.pgpass"},
     "exporter": {"dagster.pgpass", "database_url", "mlflow_password"},
+    "serving": {"serving_token", "mlflow_password", "model-keyring.pem"},
     "broker": {"/etc/rabbitmq/conf.d/20-quadra.conf"},
     "objects": {"s3.json"},
     "mlflow": {"backend_store_uri", "admin_password", "flask_secret_key", "pipeline_password", "reader_password",
@@ -98,13 +99,13 @@ def test_every_service_has_a_health_check_a_restart_policy_and_waits_on_health(c
     assert "/health" in checks["mlflow"] and "/run/quadra/ready" in checks["mlflow"]  # healthy once its users exist
     assert "grpc-health-check" in checks["code"] and "/server_info" in checks["webserver"]
     assert "liveness-check" in checks["daemon"] and "worker --ping" in checks["worker"]
-    assert "9464/health" in checks["exporter"]
+    assert "9464/health" in checks["exporter"] and "serve --probe --or-waiting" in checks["serving"]
     assert "9090/-/ready" in checks["prometheus"] and "9093/-/ready" in checks["alertmanager"]
 
 
 def test_published_ports_bind_to_loopback_by_default(compose):
     published = {name: s["ports"] for name, s in compose["services"].items() if "ports" in s}
-    assert set(published) == {"mlflow", "webserver", "prometheus", "alertmanager"}
+    assert set(published) == {"mlflow", "webserver", "serving", "prometheus", "alertmanager"}
     for name, ports in published.items():
         for port in ports:  # "${MLFLOW_BIND:-127.0.0.1}:${MLFLOW_PORT:-5000}:5000"
             assert re.fullmatch(r"\$\{[A-Z]+_BIND:-127\.0\.0\.1\}:\$\{[A-Z]+_PORT:-\d+\}:\d+", port), (name, port)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import threading
 import time
 
 import pytest
@@ -39,6 +40,7 @@ TABLE = {
     "worker": {f"/run/secrets/{n}" for n in ("dagster.pgpass", "database_url", "mlflow_password", "model_signing_key",
                                              "celery_broker_url", "aws_credentials", "model-keyring.pem")},
     "exporter": {f"/run/secrets/{n}" for n in ("dagster.pgpass", "database_url", "mlflow_password")},
+    "serving": {f"/run/secrets/{n}" for n in ("serving_token", "mlflow_password", "model-keyring.pem")},
     "prometheus": set(),
     "alertmanager": {"/run/secrets/alerts"},  # the receivers' secrets the operator puts there (read-only)
 }
@@ -112,6 +114,10 @@ def test_every_service_starts_and_its_health_check_passes(stack):
             assert all(b["HostIp"] == "127.0.0.1" for b in binding), f"{service} publishes beyond loopback: {binding}"
     db_init = stack.compose("ps", "-a", "--format", "{{.Service}} {{.State}} {{.ExitCode}}").stdout
     assert "db-init exited 0" in db_init, db_init
+    # The online service before any champion: alive (its health check), not ready, says why.
+    status, health, _ = stack.serving("/health")
+    assert status == 503 and health["status"] == "waiting", health
+    assert stack.serving("/ping")[0] == 503
 
 
 def test_no_service_holds_a_secret_in_its_environment_or_on_a_command_line_and_each_only_its_own(stack):
@@ -356,6 +362,66 @@ def test_an_alias_moved_outside_the_pipeline_was_recorded_by_the_sensor_with_its
     recorded = stack.wait("the external move recorded", lambda: stack.sql(
         "quadra", "select count(*) from model_alias_events where alias = 'staging' and moved_by = 'external'") == "1", 180, every=5)
     assert recorded
+
+
+def test_the_champion_is_served_behind_its_token_and_a_promotion_within_10_s(stack):
+    """`serving` answers MLflow's scoring protocol with the bearer token only (401 without or
+    with a wrong one); it serves the champion (version 1 again, after the rollback above); a
+    training run that passes the gate is served within 10 s of its promotion, with no failed
+    request while a client on the host keeps asking."""
+    token = stack.secret("serving/serving_token")
+    texts = {"inputs": ["the quick brown fox jumps over the lazy dog", "a second sentence, longer than ten"]}
+    assert stack.serving("/invocations", body=texts)[0] == 401
+    assert stack.serving("/invocations", body=texts, token="not-" + token)[0] == 401
+    assert stack.serving("/version")[0] == 401
+    status, health, _ = stack.serving("/health")
+    assert token not in json.dumps(health)
+    champion = lambda: {a["alias"]: a["version"] for a in stack.mlflow(  # noqa: E731
+        "/api/2.0/mlflow/registered-models/get?name=quadra-matrix")[1]["registered_model"]["aliases"]}["champion"]
+    before = champion()
+    stack.wait(f"version {before} served", lambda: str(stack.serving("/version", token=token)[1].get("version")) == before, 120)
+    status, answer, headers = stack.serving("/invocations", body=texts, token=token)
+    assert status == 200 and len(answer["predictions"]) == 2 and headers["X-Quadra-Model-Version"] == before, answer
+
+    answers: list[tuple[float, int, str | None]] = []
+    moved: list[float] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            status, _, got = stack.serving("/invocations", body=texts, token=token)
+            answers.append((time.time(), status, got.get("X-Quadra-Model-Version")))
+            time.sleep(0.05)
+
+    def alias_poller() -> None:
+        while not stop.is_set() and not moved:
+            if champion() != before:
+                moved.append(time.time())
+            time.sleep(0.2)
+
+    threads = [threading.Thread(target=client, daemon=True), threading.Thread(target=alias_poller, daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        trained = stack.launch("training_job", config={"ops": {"registered_model": {"config": {"tolerance": 1.0}}}})
+        assert stack.wait_for_run(trained)["status"] == "SUCCESS", stack.run_messages(trained)[-20:]
+        new = stack.wait("the champion moved", lambda: champion() != before and champion(), 60)
+        stack.wait(f"version {new} answering", lambda: any(v == new for _, _, v in answers), 30, every=0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=20)
+    first_new = min(t for t, _, v in answers if v == new)
+    PHASES.append(("serving: promotion -> served", first_new - moved[0],
+                   f"champion {before} -> {new} seen in MLflow, then the first answer of {new}"))
+    assert first_new - moved[0] <= 10
+    failed = [(t, s) for t, s, _ in answers if s != 200]
+    assert failed == [], f"{len(failed)} of {len(answers)} requests failed during the swap: {failed[:5]}"
+    version = stack.serving("/version", token=token)[1]
+    assert str(version["version"]) == new and str(version["alias_move"]["to_version"]) == new
+    assert str(version["alias_move"]["from_version"]) == before
+    status, metrics, _ = stack.serving("/metrics", token=token)
+    assert status == 200 and "quadra" in str(metrics)
 
 
 def test_down_and_up_again_keeps_runs_metrics_registry_and_backups(stack, runs):
