@@ -16,28 +16,17 @@ passes without a champion.
 
 from __future__ import annotations
 
-import datetime as dt
 import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
-from ..model import file_sha256, load_checkpoint, probe
-from ..registry.names import MODEL_NAME
 from . import postgres
 from .errors import BackupError
 from .service import BackupService, table_counts
 from .sources import ARTIFACTS, MLFLOW_DB, PROJECT_DB
-
-_CHAMPION = (
-    "select v.version, v.storage_location from registered_model_aliases a "
-    "join model_versions v on v.name = a.name and v.version = a.version "
-    "where a.alias = 'champion' and a.name = :name"
-)
-_TAGS = "select key, value from model_version_tags where name = :name and version = :version"
 
 
 @dataclass
@@ -188,24 +177,26 @@ def _compare(result: DrillResult, where: str, actual: dict, counts: dict) -> Non
 
 
 def _check_champion(service: BackupService, manifest: Any, registry: Any, workdir: Path, result: DrillResult) -> None:
-    from ..keys import KeyProblem, model_keyring
-    from ..registry.signing import SignatureError
-    from ..registry.versions import VersionInfo, verify_model_directory
+    """The champion the restored registry names, its files restored from this backup, through
+    the check every drill shares (`champion.py`)."""
+    from .champion import (
+        ChampionProblem,
+        read_champion,
+        verify_champion_files,
+    )
 
     try:
-        rows = registry(_CHAMPION, name=MODEL_NAME)
-    except Exception as exc:  # noqa: BLE001 - a registry that cannot be read is a failed drill
-        result.fail(f"cannot read the champion from the restored MLflow database ({str(exc).splitlines()[0][:200]})")
+        champion = read_champion(registry)
+    except ChampionProblem as exc:
+        result.fail(str(exc))
         return
-    if not rows:
+    if champion is None:
         result.checked["champion"] = "no champion registered yet"
         return
-    version, storage_location = int(rows[0][0]), rows[0][1]
-    tags = dict(registry(_TAGS, name=MODEL_NAME, version=version))
-    label = f"champion {MODEL_NAME} version {version}"
-    prefix = _artifact_prefix(service, storage_location)
+    label = champion.label
+    prefix = _artifact_prefix(service, champion.storage_location)
     if prefix is None:
-        result.fail(f"{label}: its files ({storage_location}) are not under the backed-up artifact root")
+        result.fail(f"{label}: its files ({champion.storage_location}) are not under the backed-up artifact root")
         return
     if not any(e.path.startswith(prefix + "/") for e in manifest.files):
         result.fail(f"{label}: its files ({prefix}/) are not in this backup")
@@ -215,48 +206,20 @@ def _check_champion(service: BackupService, manifest: Any, registry: Any, workdi
     except BackupError as exc:
         result.fail(f"{label}: its files do not restore ({exc})")
         return
-    model_dir = workdir / prefix
-    checkpoint = model_dir / tags.get("checkpoint_artifact", "extra_files/checkpoint.pt")
-    if not checkpoint.exists():
-        result.fail(f"{label}: its checkpoint is not in the restored artifacts")
-        return
-    actual = file_sha256(checkpoint)
-    if actual != tags.get("checkpoint_sha256"):
-        result.fail(f"{label}: checkpoint SHA-256 {actual[:12]} differs from the tagged {str(tags.get('checkpoint_sha256'))[:12]}")
-        return
-    if not tags.get("signature_sha256"):
-        result.fail(f"{label} is not signed (quadra model sign {version}), so its restored files cannot be verified")
-        return
     try:
-        info = VersionInfo(version, [], tags, dt.datetime.now(dt.timezone.utc), None, model_name=MODEL_NAME)
-        verify_model_directory(model_dir, info, model_keyring(service.settings), f"restored {label}")
-    except (SignatureError, KeyProblem) as exc:
+        result.checked["champion"] = verify_champion_files(service.settings, champion, workdir / prefix)
+    except ChampionProblem as exc:
         result.fail(str(exc))
-        return
-    try:
-        figures = probe(load_checkpoint(checkpoint).model, count=20)
-    except Exception as exc:  # the drill reports, it does not crash the check
-        result.fail(f"{label}: the restored checkpoint does not load ({exc})")
-        return
-    result.checked["champion"] = {
-        "version": version, "sha256": actual, "signature": "verified", "probe_update_field": figures.update_field,
-    }
 
 
 def _artifact_prefix(service: BackupService, storage_location: str) -> str | None:
-    """Where a version's files are in the restore tree: `mlartifacts/<path under the root>`.
-    `file:` locations (a local store) and `mlflow-artifacts:` ones (a server whose
-    --artifacts-destination is the artifact root) map; others are not backed up here."""
-    parsed = urlparse(storage_location)
-    if parsed.scheme in ("file", ""):
-        try:
-            inside = Path(unquote(parsed.path)).relative_to(service.settings.mlflow_artifact_root)
-        except ValueError:
-            return None
-        return f"{ARTIFACTS}/{inside.as_posix()}".rstrip("/")
-    if parsed.scheme == "mlflow-artifacts":
-        return f"{ARTIFACTS}/{unquote(parsed.path).strip('/')}"
-    return None
+    """Where a version's files are in the restore tree: `mlartifacts/<path under the root>`
+    (`champion.artifact_path`: `file:` and `mlflow-artifacts:` locations map; others are not
+    backed up here)."""
+    from .champion import artifact_path
+
+    inside = artifact_path(service.settings.mlflow_artifact_root, storage_location)
+    return None if inside is None else f"{ARTIFACTS}/{inside}".rstrip("/")
 
 
 __all__ = ["DrillResult", "restore_drill"]
