@@ -1,5 +1,6 @@
-"""`quadra replication run|config|lag` and `quadra restore --to TIME --target DIR`: Litestream
-for the embedded SQLite databases (quadra_pipeline/replication/)."""
+"""`quadra replication run|config|lag`, `quadra restore --to TIME --target DIR` and its drill
+`quadra restore [--to TIME] --drill`: Litestream for the embedded SQLite databases
+(quadra_pipeline/replication/)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,11 @@ def cmd_replication_lag(args: argparse.Namespace) -> int:
 def cmd_restore_to(args: argparse.Namespace) -> int:
     from ..replication import pitr
 
+    if args.drill:
+        return _restore_drill(args)
+    if args.to is None or args.target is None:
+        raise CommandError("quadra restore needs --to TIME and --target DIR (or --drill, which restores into a "
+                           "temporary folder and checks it)")
     settings = _settings()
     when = pitr.parse_time(args.to)
     result = pitr.restore_to(settings, when, Path(args.target), log=lambda line: print(line, file=sys.stderr))
@@ -90,6 +96,26 @@ def cmd_restore_to(args: argparse.Namespace) -> int:
     if result.missing_artifacts:
         raise CommandError(f"restored, but {len(result.missing_artifacts)} artifact folders the restored registry names "
                            f"are in no backup and not in the live folder: {', '.join(result.missing_artifacts)}")
+    return EXIT_OK
+
+
+def _restore_drill(args: argparse.Namespace) -> int:
+    """`quadra restore [--to TIME] --drill`: the restore into a temporary folder, checked, removed
+    (replication/drill.py); a line per check, then the summary; non-zero naming what failed."""
+    import json
+
+    from ..replication import drill, pitr
+
+    if args.target is not None:
+        raise CommandError("--drill restores into a temporary folder of its own and removes it: drop --target")
+    when = pitr.parse_time(args.to) if args.to is not None else None
+    report = drill.drill(_settings(), when, log=(lambda line: None) if args.json else print)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.summary())
+    if not report.ok:
+        raise CommandError(report.summary())
     return EXIT_OK
 
 
@@ -115,7 +141,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "restore", help="point-in-time restore: every SQLite database at --to TIME, and the artifacts they name",
         description="Restore the project, MLflow and Dagster databases to one instant from the Litestream replica "
                     "(QUADRA_REPLICA), and the artifacts the restored registry names from the hourly backups, into a "
-                    "new folder. A time outside what the replica keeps is refused, naming the range.")
-    restore.add_argument("--to", required=True, metavar="TIME", help="the instant, with its zone: 2026-12-07T10:15:30Z")
-    restore.add_argument("--target", required=True, metavar="DIR", help="a new or empty folder")
+                    "new folder (--target), or into a temporary one that is checked and removed (--drill). A time "
+                    "outside what the replica keeps is refused, naming the range.")
+    restore.add_argument("--to", metavar="TIME", help="the instant, with its zone: 2026-12-07T10:15:30Z "
+                         "(with --drill it may be left out: the newest replicated state)")
+    restore.add_argument("--target", metavar="DIR", help="a new or empty folder")
+    restore.add_argument("--drill", action="store_true",
+                         help="a drill: restore into a temporary folder, check every database (integrity, tables) and the "
+                              "champion (SHA-256, signature, loads), remove it; non-zero naming what failed")
+    restore.add_argument("--json", action="store_true", help="with --drill: the report as JSON")
     restore.set_defaults(handler=_errors(cmd_restore_to))
