@@ -172,6 +172,22 @@ def test_trials_fan_out_to_two_workers_and_survive_one_killed_mid_trial(celery_e
     engine.dispose()
     assert versions == 1
     assert sorted(attempts.values()).count("failed") == 1 and sorted(attempts.values()).count("succeeded") == 4
+    # What the trials' steps wrote on the workers is in their captured logs (the UI's stdout/stderr).
+    assert "trial_00" in captured_output(celery_env["DAGSTER_HOME"])
+
+
+def captured_output(dagster_home: str) -> str:
+    """Every step's captured stdout and stderr of the newest run, as the UI reads them."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(dagster_home) as instance:
+        [record] = instance.get_run_records(limit=1)
+        text = []
+        for entry in instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.LOGS_CAPTURED):
+            data = entry.dagster_event.event_specific_data
+            log = instance.compute_log_manager.get_log_data([record.dagster_run.run_id, "compute_logs", data.file_key])
+            text += [(log.stdout or b"").decode(errors="replace"), (log.stderr or b"").decode(errors="replace")]
+    return "\n".join(text)
 
 
 def test_an_unreachable_broker_fails_the_run_within_seconds(celery_env, tmp_path):

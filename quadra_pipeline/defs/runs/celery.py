@@ -50,6 +50,11 @@ def celery_config() -> dict[str, Any]:
         "broker_channel_error_retry": False,
         "worker_send_task_events": False,
         "worker_hijack_root_logger": False,
+        # A step's output stays on the worker's real stdout and stderr, where Dagster's compute
+        # log manager captures it into the step's log files (the UI's stdout/stderr). Celery's
+        # default swaps sys.stdout/sys.stderr for a logging proxy without a file descriptor, which
+        # Dagster cannot capture: the files stayed empty.
+        "worker_redirect_stdouts": False,
     }
 
 
