@@ -303,7 +303,7 @@ class Stack:
     # The online service ------------------------------------------------------------------------
 
     def serving(self, path: str, *, token: str | None = None, body: dict | None = None) -> tuple[int, dict | str, dict]:
-        """A call to `serving` on its published port: (status, JSON or text, headers)."""
+        """A call to `serving` on its published port: (status, JSON or text, headers by lower-case name)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         data = None
         if body is not None:
@@ -312,9 +312,10 @@ class Stack:
         request = urllib.request.Request(f"http://127.0.0.1:{self.serving_port}{path}", data=data, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=15) as response:
-                status, text, got = response.status, response.read().decode(), dict(response.headers)
+                status, text, got = response.status, response.read().decode(), response.headers
         except urllib.error.HTTPError as exc:
-            status, text, got = exc.code, exc.read().decode(errors="replace"), dict(exc.headers)
+            status, text, got = exc.code, exc.read().decode(errors="replace"), exc.headers
+        got = {name.lower(): value for name, value in got.items()}
         try:
             return status, json.loads(text), got
         except ValueError:

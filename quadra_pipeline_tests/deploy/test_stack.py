@@ -331,7 +331,7 @@ def test_keys_rotate_on_the_running_stack_and_everything_signed_before_still_ver
     assert stack.backup_tool("verify", check=False).returncode == 0  # the old backups, with the old key in the keyring
     restored = stack.backup_tool("restore", old_backups[0].split()[0], "--target", "/tmp/restored", check=False)
     assert restored.returncode == 0, restored.stdout + restored.stderr
-    hour = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%d-%H:00")
+    hour = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d-%H:00")  # a past or future hour is refused (a backfill)
     new_backup = stack.launch("backup_job", tags={"dagster/partition": hour})
     assert stack.wait_for_run(new_backup)["status"] == "SUCCESS", stack.run_messages(new_backup)[-20:]
     after = json.loads(stack.backup_tool("keys", "--json").stdout)
@@ -381,7 +381,7 @@ def test_the_champion_is_served_behind_its_token_and_a_promotion_within_10_s(sta
     before = champion()
     stack.wait(f"version {before} served", lambda: str(stack.serving("/version", token=token)[1].get("version")) == before, 120)
     status, answer, headers = stack.serving("/invocations", body=texts, token=token)
-    assert status == 200 and len(answer["predictions"]) == 2 and headers["X-Quadra-Model-Version"] == before, answer
+    assert status == 200 and len(answer["predictions"]) == 2 and headers["x-quadra-model-version"] == before, answer
 
     answers: list[tuple[float, int, str | None]] = []
     moved: list[float] = []
@@ -390,7 +390,7 @@ def test_the_champion_is_served_behind_its_token_and_a_promotion_within_10_s(sta
     def client() -> None:
         while not stop.is_set():
             status, _, got = stack.serving("/invocations", body=texts, token=token)
-            answers.append((time.time(), status, got.get("X-Quadra-Model-Version")))
+            answers.append((time.time(), status, got.get("x-quadra-model-version")))
             time.sleep(0.05)
 
     def alias_poller() -> None:

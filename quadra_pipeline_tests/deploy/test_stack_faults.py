@@ -15,8 +15,11 @@ from .stack import PHASES, StackError, docker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-#: A training run long enough to break things in (the default corpus holds 200 batches of 10).
-LONG = {"ops": {"train_model": {"config": {"batches": 120, "metrics_flush_every": 5, "log_every": 10}}}}
+#: A training run long enough to break things in: ~30 s of training at ~20 ms a batch (a corpus
+#: of 20,000 rows holds 2,000 batches of 10).
+LONG_BATCHES = 1500
+LONG = {"ops": {"corpus": {"config": {"training_rows": 20_000}},
+                "train_model": {"config": {"batches": LONG_BATCHES, "metrics_flush_every": 5, "log_every": 50}}}}
 #: Minutes of training (3,000 batches on a 30,000-row corpus), far past a 20 s max_runtime.
 LONGER = {"ops": {"corpus": {"config": {"training_rows": 30_000}},
                   "train_model": {"config": {"batches": 3000, "metrics_flush_every": 10, "log_every": 100}}}}
@@ -55,19 +58,20 @@ def test_mlflow_stopped_during_training_fails_the_run_clearly_registers_nothing_
     wait_for_batches(stack, run_id, 10)
     stopped = time.perf_counter()
     stack.compose("stop", "mlflow")
-    run = stack.wait_for_run(run_id, timeout=600)
-    failed_after = time.perf_counter() - stopped
-    assert run["status"] == "FAILURE"
-    status, error, mlflow_run = stack.training_row(run_id)
-    assert status == "failed" and "MLflow" in error, error
-    assert failed_after < 180, f"the run took {failed_after:.0f} s to fail: retries are not bounded"
-    batches = stack.batches_in_sql(run_id)
-    assert 10 <= batches < 120  # every batch that finished is kept
-    PHASES.append(("fault: MLflow stopped", failed_after, f"training run failed clearly after the stop ({batches} batches kept in SQL)"))
-
-    back = time.perf_counter()
-    stack.compose("start", "mlflow")
-    stack.wait("mlflow healthy again", lambda: stack.healthy("mlflow"), 180)
+    try:
+        run = stack.wait_for_run(run_id, timeout=600)
+        failed_after = time.perf_counter() - stopped
+        assert run["status"] == "FAILURE"
+        status, error, mlflow_run = stack.training_row(run_id)
+        assert status == "failed" and "MLflow" in error, error
+        assert failed_after < 180, f"the run took {failed_after:.0f} s to fail: retries are not bounded"
+        batches = stack.batches_in_sql(run_id)
+        assert 10 <= batches < LONG_BATCHES  # every batch that finished is kept
+        PHASES.append(("fault: MLflow stopped", failed_after, f"training run failed clearly after the stop ({batches} batches kept in SQL)"))
+    finally:  # whatever was found, the later tests get their MLflow back
+        back = time.perf_counter()
+        stack.compose("start", "mlflow")
+        stack.wait("mlflow healthy again", lambda: stack.healthy("mlflow"), 180)
     assert versions_of(stack, run_id) == []  # nothing half-registered
     next_run = stack.launch("training_job", config=RECOVERY)
     assert stack.wait_for_run(next_run)["status"] == "SUCCESS", stack.run_messages(next_run)[-20:]

@@ -34,12 +34,15 @@ else:
     for share in {hour % runs, (hour + 1) % runs}:
         chosen += [c for c in chunks if slot_of(os.path.basename(c), runs) == share][:1]
 for path in chosen:
+    mode = os.stat(path).st_mode
+    os.chmod(path, mode | 0o200)  # chunks are stored read-only
     with open(path, "r+b") as handle:
         size = os.fstat(handle.fileno()).st_size
         handle.seek(size // 2)
         byte = handle.read(1)
         handle.seek(size // 2)
         handle.write(bytes([byte[0] ^ 0x01]))
+    os.chmod(path, mode)
 print(" ".join(chosen))
 """
 
