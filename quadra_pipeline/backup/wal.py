@@ -211,10 +211,12 @@ def prune(root: str | os.PathLike[str], *, now=_utc_now, policy: RetentionPolicy
 
 
 def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str], *, target: dt.datetime | None = None,
-                     archive_mount: str = "/wal-archive") -> BaseBackup:
+                     archive_mount: str = "/wal-archive", set_aside_stream: bool = True) -> BaseBackup:
     """Unpack the newest base backup that ended before `target` (None: the newest; recovery then
     replays all the archived WAL) into the empty `pgdata`, with the settings PostgreSQL needs to
-    recover from the archive mounted at `archive_mount`. Refuses a target outside the kept range."""
+    recover from the archive mounted at `archive_mount`. Refuses a target outside the kept range.
+    `set_aside_stream=False` (a drill, `wal_drill.py`) leaves the archive exactly as it was: the
+    recovered server is thrown away, so the live receiver's folder stays where it is."""
     root, pgdata = Path(root), Path(pgdata)
     kept = kept_range(root)
     if target is not None:
@@ -237,9 +239,10 @@ def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str
         tar.extractall(pgdata / "pg_wal", filter="data")
     # The server recovers into a new timeline; the receiver starts a new folder for it, and the
     # stream so far is set aside (kept: it is what this recovery, and any later one, replays).
-    if (root / WAL_DIR).is_dir() and any((root / WAL_DIR).iterdir()):
-        os.rename(root / WAL_DIR, root / f"{WAL_DIR}-{_utc_now().strftime('%Y%m%dT%H%M%SZ')}")
-    (root / WAL_DIR).mkdir(exist_ok=True)
+    if set_aside_stream:
+        if (root / WAL_DIR).is_dir() and any((root / WAL_DIR).iterdir()):
+            os.rename(root / WAL_DIR, root / f"{WAL_DIR}-{_utc_now().strftime('%Y%m%dT%H%M%SZ')}")
+        (root / WAL_DIR).mkdir(exist_ok=True)
     settings = [
         "restore_command = '" + _restore_command(archive_mount) + "'",
         "recovery_target_action = 'promote'",

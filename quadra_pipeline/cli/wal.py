@@ -5,6 +5,9 @@
     quadra wal prepare-recovery --pgdata DIR [--to TIME]
                                                 an empty data directory made ready to recover
                                                 (to TIME, or as far as the archive goes)
+    quadra wal drill [--to TIME] [--json]       that recovery, tried: on a throwaway server in a
+                                                temporary folder, every database and the champion
+                                                checked, then all of it removed (backup/wal_drill.py)
 
 The Compose stack runs the last one in `make deploy-restore` (docs/DISASTER_RECOVERY.md).
 """
@@ -44,6 +47,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--archive-mount", default="/wal-archive",
                          help="where the PostgreSQL server will see the archive (default /wal-archive)")
     prepare.set_defaults(handler=cmd_prepare)
+    drill = sub.add_parser("drill", help="a point-in-time recovery on a throwaway server, checked, then removed",
+                           description="Recover the archive to TIME (default: as far as the WAL goes) on a throwaway "
+                                       "PostgreSQL server in a temporary folder; check every database answers and has its "
+                                       "tables and the champion (SHA-256, signature, loads); stop the server and remove "
+                                       "the folder. Needs the PostgreSQL server binaries. Non-zero naming what failed.")
+    drill.add_argument("--to", type=_when, default=None, help="recover to this moment (default: as far as the WAL goes)")
+    drill.add_argument("--json", action="store_true", help="the report as JSON")
+    drill.set_defaults(handler=cmd_drill)
 
 
 def _archive() -> Path:
@@ -96,4 +107,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     chosen = prepare_recovery(_archive(), args.pgdata, target=args.to, archive_mount=args.archive_mount)
     target = args.to.isoformat() if args.to else "as far as the archived WAL goes"
     print(f"{args.pgdata}: base backup {chosen.name} unpacked; PostgreSQL recovers to {target} when it starts")
+    return 0
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    import signal
+    import sys
+
+    from ..backup.wal_drill import wal_drill
+    from ..settings import load_settings
+
+    _archive()
+    # Stopped with SIGTERM: unwind, so the drill stops its server and removes its folder.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    report = wal_drill(load_settings(), args.to, log=(lambda line: None) if args.json else print)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        print(report.summary())
+    if not report.ok:
+        raise CommandError(report.summary())
     return 0
