@@ -6,11 +6,15 @@ base backups are taken by `base_backup_job` (daily, like the hourly backup a sch
 backup identity), pruned by the backup retention. Its check `replication_lag` fails when the
 WAL receiver is more than `QUADRA_REPLICATION_MAX_LAG` (60 s) behind the server, or not
 streaming at all; `replication_lag_sensor` evaluates it every 30 s from the code server, so the
-UI always shows the replication's health without a run per minute. Where continuous archiving
+UI always shows the replication's health without a run per minute. Its check `pitr_drill` runs
+in `base_backup_job` right after the base backup (so daily): a real point-in-time recovery to a
+minute ago on a throwaway server, every database and the champion checked (`backup/wal_drill.py`);
+non-blocking, since a failed drill says the recovery path is broken, not that the base backup is. Where continuous archiving
 is not configured (the embedded SQLite default) nothing here runs; Litestream's replication of
 the SQLite databases has the same check on `sqlite_replica` (`quadra_pipeline/replication/`).
 """
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 
@@ -94,6 +98,46 @@ def _lag_evaluation_result() -> dg.AssetCheckResult:
     )
 
 
+#: How far back the daily drill recovers to: a recent instant that is surely in the archive.
+DRILL_BEHIND = dt.timedelta(minutes=1)
+
+
+@dg.asset_check(asset=WAL_ARCHIVE, name="pitr_drill", blocking=False,
+                description="After each base backup: the archive recovered to a minute ago on a throwaway PostgreSQL "
+                "server in a temporary folder; every database answers and has its tables, the champion's SHA-256, "
+                "signature and load are checked; then the server is stopped and the folder removed.")
+def pitr_drill_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    from ...backup.wal import WalArchiveError, kept_range
+    from ...backup.wal_drill import wal_drill
+
+    settings = load_settings()
+    target: dt.datetime | None = dt.datetime.now(dt.UTC) - DRILL_BEHIND
+    kept = kept_range(settings.wal_archive)
+    notes = []
+    if kept.continuous_from is None or target < kept.continuous_from:
+        # The first base backup of a new archive: nothing a minute old to recover to yet.
+        notes.append(f"the archive keeps {kept.describe()}: nothing from a minute ago, so recovered as far as the WAL goes")
+        target = None
+    try:
+        report = wal_drill(settings, target, log=context.log.info)
+    except WalArchiveError as exc:
+        return dg.AssetCheckResult(passed=False, description=str(exc), metadata={
+            "target": target.isoformat() if target else "newest"})
+    as_dict = report.as_dict()
+    return dg.AssetCheckResult(
+        passed=report.ok,
+        description=report.summary(),
+        metadata={
+            "target": as_dict["target"],
+            "recovered_to": as_dict["recovered_to"] or "-",
+            "seconds": round(report.seconds, 2),
+            "champion_version": dg.MetadataValue.int(report.champion_version) if report.champion_version else "none",
+            "checks": dg.MetadataValue.json(as_dict["checks"]),
+            "notes": dg.MetadataValue.json(notes + report.notes),
+        },
+    )
+
+
 sqlite_replica = dg.AssetSpec(
     SQLITE_REPLICA,
     group_name="backup",
@@ -148,8 +192,9 @@ def replication_lag_sensor(context: dg.SensorEvaluationContext):
 
 base_backup_job = dg.define_asset_job(
     name="base_backup_job",
-    selection=[WAL_ARCHIVE],
-    description="A base backup of PostgreSQL into the continuous archive, then retention.",
+    selection=[WAL_ARCHIVE],  # with its checks: pitr_drill runs right after the base backup
+    description="A base backup of PostgreSQL into the continuous archive, then retention, then the drill of a "
+    "point-in-time recovery (pitr_drill).",
     tags={"quadra/backup": "true", "quadra/steps-in-run-process": "true", **identity_tags("backup")},
 )
 
