@@ -178,6 +178,14 @@ def kept_range(root: str | os.PathLike[str]) -> KeptRange:
     return KeptRange(first.ended, max(newest, continuous[-1].ended), [b.ended for b in backups if b.ended < first.ended])
 
 
+def reaches_the_end(kept: KeptRange, target: dt.datetime | None) -> bool:
+    """A target at the archive's newest write (`continuous_to`, what `quadra wal status` shows)
+    asks for everything the archive holds: recovered as far as the WAL goes. Recovering *to* that
+    instant instead could stop short of the last commit: the file's modification time comes from
+    the kernel's coarse clock, which may read a tick (up to 10 ms) before the commit it records."""
+    return target is None or (kept.continuous_to is not None and target >= kept.continuous_to)
+
+
 def _after_all(segment: str, wal: set[str]) -> bool:
     """A base backup newer than every archived segment (nothing streamed since): still continuous."""
     return bool(wal) and all(segment >= name for name in wal)
@@ -224,6 +232,8 @@ def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str
         in_range = kept.continuous_from is not None and kept.continuous_from <= target <= kept.continuous_to
         if not in_range and target not in kept.points:
             raise WalArchiveError(f"cannot recover to {target.isoformat(timespec='seconds')}: the archive keeps {kept.describe()}")
+        if reaches_the_end(kept, target):
+            target = None
     candidates = [b for b in base_backups(root) if target is None or b.ended <= target]
     if not candidates:
         raise WalArchiveError(f"no base backup in {root / BASE_DIR} ended before {target}: the archive keeps {kept.describe()}")

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .pitr_drill import EXPECTED_TABLES, PitrDrillReport, check_champion
-from .wal import WAL_DIR, WalArchiveError, prepare_recovery
+from .wal import WAL_DIR, WalArchiveError, kept_range, prepare_recovery, reaches_the_end
 
 #: What a hot standby needs at least as high as its primary had (pg_controldata's names).
 _CONTROL_SETTINGS = {
@@ -324,6 +324,9 @@ def wal_drill(settings: Any, target: dt.datetime | None = None, *, timeout: floa
     stage = "base backup"
     try:
         pgdata = scratch / "pgdata"
+        if target is not None and reaches_the_end(kept_range(root), target):
+            report.note(f"{target.isoformat(timespec='milliseconds')} is the archive's newest write: recovering to the end of "
+                        "the archived WAL instead (the same state)")
         chosen = prepare_recovery(root, pgdata, target=target, archive_mount=str(root), set_aside_stream=False)
         bindir = server_bindir((pgdata / "PG_VERSION").read_text().strip())
         report.check(stage, True, f"{chosen.name} (ended {chosen.ended.isoformat(timespec='seconds')}) unpacked into a "
@@ -341,11 +344,11 @@ def wal_drill(settings: Any, target: dt.datetime | None = None, *, timeout: floa
                         "recovering to the end of the archived WAL instead (the same state)")
             server.stop()
             shutil.rmtree(pgdata)
-            prepare_recovery(root, pgdata, target=None, archive_mount=str(root), set_aside_stream=False)
+            chosen = prepare_recovery(root, pgdata, target=None, archive_mount=str(root), set_aside_stream=False)
             server = ScratchServer(bindir, pgdata, scratch, user)
             server.start()
             how, superuser = server.wait_recovered(users, timeout)
-        _recovered(report, server, superuser, how, time.perf_counter() - recovering)
+        _recovered(report, server, superuser, how, time.perf_counter() - recovering, chosen.ended)
         stage = "databases"
         registry = _check_databases(report, server, superuser, expected_databases(settings))
         if registry is None:
@@ -377,16 +380,20 @@ def _current_user(user: tuple[int, int] | None) -> str | None:
         return None
 
 
-def _recovered(report: PitrDrillReport, server: ScratchServer, superuser: str, how: str, seconds: float) -> None:
+def _recovered(report: PitrDrillReport, server: ScratchServer, superuser: str, how: str, seconds: float,
+               base_ended: dt.datetime) -> None:
+    """Record what the recovery reached: the last transaction it replayed (none after the base
+    backup: the base backup's end is the state)."""
     import sqlalchemy as sa
 
     with server.engine("template1", superuser).connect() as connection:
         last = connection.execute(sa.text("select pg_last_xact_replay_timestamp()")).scalar()
-    report.recovered_to = last
-    stamp = last.astimezone(dt.UTC).isoformat(timespec="milliseconds") if last else "no transaction replayed"
-    where = ("paused at the target" if how == "paused" else "replayed every archived WAL record and opened")
+    report.recovered_to = last or base_ended
+    reached = (f"last transaction replayed {last.astimezone(dt.UTC).isoformat(timespec='milliseconds')}" if last
+               else f"no transaction after the base backup's end ({base_ended.isoformat(timespec='seconds')}) to replay")
+    where = "paused at the target" if how == "paused" else "replayed every archived WAL record and opened"
     report.details["recovery_seconds"] = round(seconds, 2)
-    report.check("recovery", True, f"{where}; last transaction replayed {stamp} ({seconds:.1f} s)")
+    report.check("recovery", True, f"{where}; {reached} ({seconds:.1f} s)")
 
 
 def _check_databases(report: PitrDrillReport, server: ScratchServer, superuser: str, expected: dict[str, str]) -> Any:

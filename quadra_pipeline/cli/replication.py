@@ -112,10 +112,10 @@ def _restore_drill(args: argparse.Namespace) -> int:
     report = drill.drill(_settings(), when, log=(lambda line: None) if args.json else print)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
-    else:
-        print(report.summary())
     if not report.ok:
-        raise CommandError(report.summary())
+        raise CommandError(report.summary())  # the last line, naming what failed
+    if not args.json:
+        print(report.summary())
     return EXIT_OK
 
 

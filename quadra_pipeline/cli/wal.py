@@ -123,8 +123,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
     report = wal_drill(load_settings(), args.to, log=(lambda line: None) if args.json else print)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, default=str))
-    else:
-        print(report.summary())
     if not report.ok:
-        raise CommandError(report.summary())
+        raise CommandError(report.summary())  # the last line, naming what failed
+    if not args.json:
+        print(report.summary())
     return 0

@@ -19,6 +19,7 @@ from quadra_pipeline.backup.wal import (
     kept_range,
     prepare_recovery,
     prune,
+    reaches_the_end,
 )
 
 UTC = dt.timezone.utc
@@ -99,6 +100,17 @@ def test_a_recovery_starts_from_the_newest_base_backup_before_the_target(archive
     assert oct(pgdata.stat().st_mode & 0o777) == "0o700"
     with pytest.raises(WalArchiveError, match="is not empty"):
         prepare_recovery(archive, pgdata)
+
+
+def test_a_target_at_the_newest_write_recovers_everything_the_archive_holds(archive, tmp_path):
+    """`quadra wal status` names the newest write; a recovery *to* it could stop a clock tick short
+    of the last commit (the file's time comes from the kernel's coarse clock), so it is the end."""
+    newest = kept_range(archive).continuous_to
+    chosen = prepare_recovery(archive, tmp_path / "pgdata", target=newest, set_aside_stream=False)
+    conf = (tmp_path / "pgdata" / "postgresql.auto.conf").read_text()
+    assert "recovery_target_time =" not in conf and "recovery_target_timeline = 'latest'" in conf
+    assert chosen.ended == NOW - dt.timedelta(days=1)  # the newest base backup
+    assert reaches_the_end(kept_range(archive), newest) and not reaches_the_end(kept_range(archive), newest - dt.timedelta(seconds=1))
 
 
 def test_retention_keeps_a_week_of_wal_and_base_backups_by_the_backup_plan(archive):

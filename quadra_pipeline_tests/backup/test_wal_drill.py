@@ -265,6 +265,8 @@ def test_pitr_drill_runs_after_the_base_backup_in_base_backup_job(system):
     assert metadata["champion_version"] in (1, 2)
     assert all(c["ok"] for c in metadata["checks"]) and len(metadata["checks"]) >= 6
     _no_scratch_server_left(system)
+    DRILL_TIMES.append(("point-in-time drill, PostgreSQL (the pitr_drill check in base_backup_job)", metadata["seconds"],
+                        f"{len(metadata['checks'])} checks, recovered to {metadata['target']}"))
 
 
 def test_without_continuous_archiving_pitr_drill_is_skipped_with_the_asset(tmp_path, monkeypatch):
