@@ -113,6 +113,29 @@ def test_a_target_at_the_newest_write_recovers_everything_the_archive_holds(arch
     assert reaches_the_end(kept_range(archive), newest) and not reaches_the_end(kept_range(archive), newest - dt.timedelta(seconds=1))
 
 
+@pytest.mark.parametrize("python", ["with the data filter", "without it (Debian's 3.11.2, the image's)"])
+def test_a_base_backup_unpacks_on_any_python_311_and_nothing_lands_outside(archive, tmp_path, monkeypatch, python):
+    if python.startswith("without"):
+        monkeypatch.delattr(tarfile, "data_filter")  # extractall(filter=...) came with 3.11.4
+        monkeypatch.setattr(tarfile.TarFile, "extractall", _extractall_of_3_11_2(tarfile.TarFile.extractall))
+    chosen = prepare_recovery(archive, tmp_path / "pgdata", set_aside_stream=False)
+    assert (tmp_path / "pgdata" / "PG_VERSION").read_text() == "15\n"
+    assert (tmp_path / "pgdata" / "pg_wal" / chosen.start_segment).exists()
+    # A tampered base backup: a member that would land outside the data directory.
+    tar_of(archive / BASE_DIR / chosen.name / "base.tar.gz", {"../escaped": b"x", "PG_VERSION": b"15\n"})
+    with pytest.raises(WalArchiveError, match="escaped"):
+        prepare_recovery(archive, tmp_path / "pgdata-2", set_aside_stream=False)
+    assert not (tmp_path / "escaped").exists()
+
+
+def _extractall_of_3_11_2(extractall):
+    def without_filter(self, path=".", members=None, *, numeric_owner=False, **unknown):
+        if unknown:
+            raise TypeError(f"TarFile.extractall() got an unexpected keyword argument {next(iter(unknown))!r}")
+        return extractall(self, path, members, numeric_owner=numeric_owner)
+    return without_filter
+
+
 def test_retention_keeps_a_week_of_wal_and_base_backups_by_the_backup_plan(archive):
     removed = prune(archive, now=lambda: NOW)
     assert removed["base_backups"] == []  # 20 daily base backups: all within 30 days of dailies
