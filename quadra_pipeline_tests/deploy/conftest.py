@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from .stack import Stack, docker_available, free_port, leftovers
+from .stack import Stack, docker_available, free_port, left_by_an_earlier_test, leftovers, remove_leftovers
 
 collect_ignore = [] if os.environ.get("QUADRA_DEPLOY_TEST") == "1" else ["test_stack.py", "test_stack_monitoring.py", "test_stack_faults.py"]
 
@@ -18,6 +18,9 @@ def stack(tmp_path_factory):
     if problem:
         pytest.fail(f"make deploy-test needs Docker: {problem}")  # never skipped: CI must run it
     existing = leftovers()
+    if existing and left_by_an_earlier_test():
+        print(f"make deploy-test: removing the stack an earlier test run left: {', '.join(existing[:6])}")
+        existing = remove_leftovers()
     if existing:
         pytest.fail("a stack named 'quadra' already exists on this Docker host and this test would replace it: "
                     f"{', '.join(existing[:6])}; stop it first (make deploy-down, then docker volume rm ...)")

@@ -58,6 +58,31 @@ def leftovers() -> list[str]:
     return [line for line in found if line.strip()]
 
 
+def left_by_an_earlier_test() -> bool:
+    """Whether the `quadra` stack on this host is one an earlier `make deploy-test` left (killed
+    before its cleanup, or a machine copied while it ran): its secret files are mounted from a
+    pytest temporary folder, and nobody else's are. A user's stack (deploy/secrets/) never is."""
+    containers = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}").stdout.split()
+    if not containers:
+        return False
+    sources = {m["Source"] for c in json.loads(docker("inspect", *containers).stdout)
+               for m in c.get("Mounts", []) if m.get("Type") == "bind" and "/secrets" in m.get("Source", "")}
+    return bool(sources) and all("/pytest-of-" in source for source in sources)
+
+
+def remove_leftovers() -> list[str]:
+    """Remove what an earlier test's stack left (containers, runs, volumes, network): what is left."""
+    containers = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}").stdout.split()
+    containers += docker("ps", "-aq", "--filter", f"label={RUN_LABEL}").stdout.split()
+    if containers:
+        docker("rm", "-f", *containers, check=False)
+    volumes = docker("volume", "ls", "-q", "--filter", f"name={PROJECT}-").stdout.split()
+    if volumes:
+        docker("volume", "rm", "-f", *volumes, check=False)
+    docker("network", "rm", PROJECT, check=False)
+    return leftovers()
+
+
 def docker_gid() -> str:
     return str(os.stat("/var/run/docker.sock").st_gid)
 
@@ -145,6 +170,11 @@ class Stack:
         """One value from the stack's PostgreSQL, as its superuser over the local socket."""
         return self.exec("postgres", "psql", "-U", "postgres", "-d", database, "-tAc", query).stdout.strip()
 
+    def wal_position(self) -> int:
+        """Bytes of WAL the server has written since it was made: what the `wal` service streams
+        off the host (pg_receivewal ships every byte of it, nothing else)."""
+        return int(self.sql("postgres", "select pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"))
+
     def secret(self, relative: str) -> str:
         """A secret of the stack: the file `make deploy-secrets` wrote (identity/name)."""
         return (self.secrets_dir / relative).read_text().strip()
@@ -186,8 +216,11 @@ class Stack:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{self.dagster_port}/graphql", data=body,
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.load(response)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.load(response)
+        except urllib.error.HTTPError as exc:  # Dagster answers a resolver's error with 500 and the errors
+            raise StackError(f"GraphQL answered {exc.code}: {exc.read().decode(errors='replace')[-3000:]}") from None
         if answer.get("errors"):
             raise StackError(f"GraphQL errors: {answer['errors']}")
         return answer["data"]
@@ -269,16 +302,18 @@ class Stack:
         ids = docker("ps", "-aq", "--filter", f"label=dagster/run_id={run_id}").stdout.split()
         return "\n".join(docker("logs", i, check=False).stdout[-4000:] + docker("logs", i, check=False).stderr[-4000:] for i in ids)
 
-    def checks_of_latest_evaluation(self, asset: str) -> dict[str, dict]:
-        """Each check of an asset with its latest evaluation, whatever evaluated it (a run or a sensor)."""
+    def checks_of_latest_evaluation(self, asset: str, check: str = "replication_lag") -> dict[str, dict]:
+        """A check of an asset with its latest evaluation, whatever evaluated it (a run or a
+        sensor), and whether or not the asset was materialised: {check: {status, success, run_id}}."""
         data = self.graphql(
-            "query($key: AssetKeyInput!) { assetCheckExecutions(assetKey: $key, checkName: \"replication_lag\", limit: 1) { "
-            "status evaluation { success } } }", {"key": {"path": [asset]}})
+            "query($key: AssetKeyInput!, $check: String!) { assetCheckExecutions(assetKey: $key, checkName: $check, limit: 1) { "
+            "runId status evaluation { success } } }", {"key": {"path": [asset]}, "check": check})
         executions = data.get("assetCheckExecutions") or []
         if not executions:
             return {}
         latest = executions[0]
-        return {"replication_lag": {"status": latest["status"], "success": (latest.get("evaluation") or {}).get("success")}}
+        return {check: {"status": latest["status"], "success": (latest.get("evaluation") or {}).get("success"),
+                        "run_id": latest["runId"]}}
 
     def checks_of_latest(self, asset: str) -> dict[str, dict]:
         data = self.graphql(
@@ -299,6 +334,26 @@ class Stack:
                     metadata[entry["label"]] = entry["floatValue"]
             result[check["name"]] = {"status": execution.get("status"), "success": evaluation.get("success"), **metadata}
         return result
+
+    def latest_materialization(self, asset: str) -> dict:
+        """The newest materialisation of an asset: its run, partition and metadata (numbers as
+        numbers, the rest as text)."""
+        data = self.graphql(
+            "query($key: AssetKeyInput!) { assetOrError(assetKey: $key) { ... on Asset { assetMaterializations(limit: 1) { "
+            "runId partition metadataEntries { label ... on IntMetadataEntry { intRepr } ... on FloatMetadataEntry { floatValue } "
+            "... on TextMetadataEntry { text } } } } } }", {"key": {"path": [asset]}})
+        found = (data.get("assetOrError") or {}).get("assetMaterializations") or []
+        if not found:
+            return {}
+        metadata = {}
+        for entry in found[0]["metadataEntries"]:
+            if "intRepr" in entry:
+                metadata[entry["label"]] = int(entry["intRepr"])
+            elif "floatValue" in entry:
+                metadata[entry["label"]] = entry["floatValue"]
+            elif "text" in entry:
+                metadata[entry["label"]] = entry["text"]
+        return {"run_id": found[0]["runId"], "partition": found[0]["partition"], **metadata}
 
     # The online service ------------------------------------------------------------------------
 

@@ -50,6 +50,11 @@ RUNS = {
     "backup": {"dagster.pgpass", "database_url", "backup_database_url", "mlflow_backend_uri", "backup_signing_key",
                "secret_key", "aws_credentials", "model-keyring.pem", "backup-keyring.pem", "wal_url"},
 }
+#: WAL bytes each kind of run made the server write (and the `wal` service ship), by job.
+WAL_SHIPPED: dict[str, int] = {}
+#: Seconds the stack is left alone to measure what it writes doing nothing but its own upkeep
+#: (the daemon's heartbeats and ticks, sensors, MLflow's and the exporter's reads).
+IDLE_WINDOW_S = 30
 SWEEP = {"ops": {"corpus": {"config": {"training_rows": 1200}},
                  "hyperparameter_sweep": {"config": {"grid": {"seed": [0, 1, 2, 3]},
                                                      "fixed": {"field_size": 64, "batches": 100, "rows_per_batch": 10}}},
@@ -172,7 +177,7 @@ def captured_logs(stack: Stack, run_id: str) -> str:
 
 
 def test_training_job_runs_in_its_own_container_with_the_training_identity_only_and_leaves_nothing(stack, runs):
-    started = time.perf_counter()
+    started, wal = time.perf_counter(), stack.wal_position()
     run_id = stack.launch("training_job")
     container = inspect_while_running(stack, run_id)
     assert container["Config"]["Image"] == stack.image and "quadra" in container["NetworkSettings"]["Networks"]
@@ -187,6 +192,7 @@ def test_training_job_runs_in_its_own_container_with_the_training_identity_only_
     run = stack.wait_for_run(run_id)
     PHASES.append(("training_job", time.perf_counter() - started, "dagster job launch -> SUCCESS, its steps on the workers"))
     assert run["status"] == "SUCCESS", stack.run_messages(run_id)[-20:]
+    WAL_SHIPPED["training_job"] = stack.wal_position() - wal
     runs["training"] = run_id
     assert int(stack.sql("quadra", "select count(*) from training_metrics")) > 0
     stack.wait("the run's container removed", lambda: not docker("ps", "-aq", "--filter", f"label=dagster/run_id={run_id}").stdout.strip(), 60)
@@ -235,7 +241,7 @@ def test_the_dump_role_reads_everything_and_writes_nothing(stack):
 
 def test_the_hourly_backup_runs_with_the_backup_identity_only_and_the_drill_checks_the_champion(stack, runs):
     hour = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d-%H:00")
-    started = time.perf_counter()
+    started, wal = time.perf_counter(), stack.wal_position()
     run_id = stack.launch("backup_job", tags={"dagster/partition": hour})
     container = inspect_while_running(stack, run_id)
     [folder] = [m for m in container["Mounts"] if m["Destination"] == "/run/secrets"]
@@ -247,6 +253,7 @@ def test_the_hourly_backup_runs_with_the_backup_identity_only_and_the_drill_chec
     run = stack.wait_for_run(run_id)
     PHASES.append(("backup", time.perf_counter() - started, f"backup_job for {hour}: backup, integrity, restore drill"))
     assert run["status"] == "SUCCESS", stack.run_messages(run_id)[-20:]
+    WAL_SHIPPED["backup_job"] = stack.wal_position() - wal
     runs["backup"] = run_id
     checks = stack.checks_of_latest("backup")
     assert checks["integrity"]["success"] is True, checks["integrity"]
@@ -354,6 +361,30 @@ def test_keys_rotate_on_the_running_stack_and_everything_signed_before_still_ver
     finally:
         ring.write_bytes(kept)
     assert stack.backup_tool("verify", check=False).returncode == 0
+
+
+def test_bytes_shipped_off_the_host_in_an_hour_against_the_hourly_backups_own(stack):
+    """What leaves the host in an hour of normal work (a training run and the hourly backup_job),
+    against what the hourly backup itself adds: the WAL the `wal` service streams (the stack's own
+    upkeep over a quiet window, scaled to an hour, plus the WAL of one training run and one backup
+    run, measured above), and the off-site push of the newest (incremental) backup. The push is
+    incremental: it sends about what the backup added, never the repository again."""
+    quiet, started = stack.wal_position(), time.monotonic()
+    time.sleep(IDLE_WINDOW_S)  # a measurement window, not a wait: nothing is launched in it
+    upkeep = (stack.wal_position() - quiet) / (time.monotonic() - started) * 3600
+    backup, pushed = stack.latest_materialization("backup"), stack.latest_materialization("offsite_backup")
+    assert backup and pushed and pushed["partition"] == backup["partition"], (backup, pushed)
+    added, sent = backup["stored_bytes"], pushed["bytes_written"]
+    wal = upkeep + WAL_SHIPPED["training_job"] + WAL_SHIPPED["backup_job"]
+    assert upkeep > 0 and WAL_SHIPPED["training_job"] > 0 and sent > 0
+    assert sent <= 2 * added + (1 << 20), (sent, added)  # only what the copy lacks
+    mb = 1e6
+    PHASES.append(("shipped/h: WAL, upkeep", upkeep / mb, f"MB per hour (not seconds): the idle stack's WAL over {IDLE_WINDOW_S} s, x{3600 / IDLE_WINDOW_S:.0f}"))
+    PHASES.append(("shipped/h: WAL, training_job", WAL_SHIPPED["training_job"] / mb, "MB: one default training run's WAL"))
+    PHASES.append(("shipped/h: WAL, backup_job", WAL_SHIPPED["backup_job"] / mb, "MB: one hourly backup run's WAL (the drill's scratch restores)"))
+    PHASES.append(("shipped/h: off-site push", sent / mb, f"MB: the newest hourly backup pushed (it added {added / mb:.2f} MB to the repository)"))
+    PHASES.append(("shipped/h: total vs the backup", (wal + sent) / max(added, 1), f"x the hourly backup's own {added / mb:.2f} MB "
+                   f"({(wal + sent) / mb:.1f} MB shipped in the hour)"))
 
 
 def test_an_alias_moved_outside_the_pipeline_was_recorded_by_the_sensor_with_its_limited_role(stack):

@@ -241,6 +241,8 @@ def test_the_database_server_and_the_backups_lost_recovered_from_the_archive_and
     RTO."""
     base = stack.launch("base_backup_job")
     assert stack.wait_for_run(base)["status"] == "SUCCESS", stack.run_messages(base)[-20:]
+    drill = stack.checks_of_latest("wal_archive")["pitr_drill"]  # the daily point-in-time drill, in the image
+    assert drill["success"] is True, drill
     status = json.loads(stack.backup_tool_command("wal", "status", "--json").stdout)
     assert status["base_backups"] and status["continuous_from"], status
     assert stack.wait("the replication_lag check evaluated and passing",

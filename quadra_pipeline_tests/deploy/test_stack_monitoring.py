@@ -60,6 +60,10 @@ def alerts_named(hook, name: str) -> list[tuple[float, dict]]:
             for alert in payload.get("alerts", []) if alert["labels"].get("alertname") == name and alert["status"] == "firing"]
 
 
+#: Set once the test put the flipped bytes back itself.
+REPAIRED: list[bool] = []
+
+
 def test_prometheus_scrapes_the_exporter_mlflow_and_alertmanager(stack):
     def all_up() -> dict[str, float] | None:
         up = {r["metric"]["job"]: float(r["value"][1]) for r in stack.prometheus("up")}
@@ -94,53 +98,63 @@ def test_a_bad_backup_and_a_job_failing_twice_reach_the_webhook_then_resolve(sta
 
         # Faults: a flipped byte in stored chunks, then a job that fails twice in a row.
         flipped = flip_chunks(stack)
-        bad = stack.launch("backup_job", tags={"dagster/partition": hour})
-        assert stack.wait_for_run(bad)["status"] == "FAILURE"
-        bad_at = time.time()
-        assert any("Asset check 'integrity' on 'backup' failed" in m for m in stack.run_messages(bad))
-        failing = [stack.launch("promote_model_job", config={"ops": {"promote_version": {"config": {
-            "version": 999, "reason": "deploy test: no such version"}}}}) for _ in range(2)]
-        for run_id in failing:
-            assert stack.wait_for_run(run_id)["status"] == "FAILURE"
-        twice_at = time.time()
+        try:
+            _faults_reach_the_webhook_then_resolve(stack, hook, flipped, before, hour)
+        finally:
+            if flipped and not REPAIRED:  # whatever failed, the later tests get whole chunks back
+                flip_chunks(stack, flipped)
 
-        stack.wait("the backup check's alert at the webhook",
-                   lambda: [a for _, a in alerts_named(hook, "QuadraBackupCheckFailed") if a["labels"]["check"] == "integrity"],
-                   420, every=3)
-        stack.wait("the job's alert at the webhook",
-                   lambda: [a for _, a in alerts_named(hook, "QuadraJobFailingRepeatedly")
-                            if a["labels"]["dagster_job"] == "promote_model_job"], 420, every=3)
-        stack.wait("the run-failure sensor's alert at the webhook",
-                   lambda: [a for _, a in alerts_named(hook, "QuadraRunFailed") if a["labels"]["run_id"] == bad], 120, every=3)
-        [(check_arrived, check_alert)] = [(t, a) for t, a in alerts_named(hook, "QuadraBackupCheckFailed")
-                                          if a["labels"]["check"] == "integrity"][:1]
-        [(job_arrived, job_alert)] = [(t, a) for t, a in alerts_named(hook, "QuadraJobFailingRepeatedly")
-                                      if a["labels"]["dagster_job"] == "promote_model_job"][:1]
-        [(run_arrived, _)] = [(t, a) for t, a in alerts_named(hook, "QuadraRunFailed") if a["labels"]["run_id"] == bad][:1]
-        PHASES.append(("alert: bad backup", check_arrived - bad_at, "integrity failed -> QuadraBackupCheckFailed at the webhook"))
-        PHASES.append(("alert: job failing twice", job_arrived - twice_at, "2nd failure -> QuadraJobFailingRepeatedly at the webhook"))
-        PHASES.append(("alert: failed run", run_arrived - bad_at, "run-failure sensor -> Alertmanager -> the webhook"))
-        # The payload names the alert and the hour; the bad backup was not materialised, so
-        # freshness still counts from the last good one (the exporter's good-backup time too).
-        assert check_alert["labels"]["partition"] == hour and hour in check_alert["annotations"]["summary"]
-        assert job_alert["labels"]["run_id"] == failing[-1]
-        assert hook.paths[0].startswith("/alerts?token=deploy-test")
-        assert float(stack.prometheus("quadra_backup_last_good_timestamp_seconds")[0]["value"][1]) == before
 
-        # Repaired: the chunks whole again, a good backup, a good run of the job; the alerts resolve.
-        flip_chunks(stack, flipped)
-        good = stack.launch("backup_job", tags={"dagster/partition": hour})
-        assert stack.wait_for_run(good)["status"] == "SUCCESS", stack.run_messages(good)[-20:]
-        champion = int(float(stack.prometheus("quadra_champion_version")[0]["value"][1]))
-        fixed = stack.launch("promote_model_job", config={"ops": {"promote_version": {"config": {
-            "version": champion, "reason": "deploy test: the champion stays"}}}})
-        assert stack.wait_for_run(fixed)["status"] == "SUCCESS"
-        fixed_at = time.time()
+def _faults_reach_the_webhook_then_resolve(stack, hook, flipped: list[str], before: float, hour: str) -> None:
+    bad = stack.launch("backup_job", tags={"dagster/partition": hour})
+    assert stack.wait_for_run(bad)["status"] == "FAILURE"
+    bad_at = time.time()
+    integrity = stack.checks_of_latest_evaluation("backup", "integrity")["integrity"]
+    assert integrity["run_id"] == bad and integrity["success"] is False, integrity  # the run failed on its check
+    failing = [stack.launch("promote_model_job", config={"ops": {"promote_version": {"config": {
+        "version": 999, "reason": "deploy test: no such version"}}}}) for _ in range(2)]
+    for run_id in failing:
+        assert stack.wait_for_run(run_id)["status"] == "FAILURE"
+    twice_at = time.time()
 
-        def resolved() -> bool:
-            names = {a["labels"]["alertname"] for a in stack.active_alerts()}
-            return not names & {"QuadraBackupCheckFailed", "QuadraJobFailingRepeatedly"}
+    stack.wait("the backup check's alert at the webhook",
+               lambda: [a for _, a in alerts_named(hook, "QuadraBackupCheckFailed") if a["labels"]["check"] == "integrity"],
+               420, every=3)
+    stack.wait("the job's alert at the webhook",
+               lambda: [a for _, a in alerts_named(hook, "QuadraJobFailingRepeatedly")
+                        if a["labels"]["dagster_job"] == "promote_model_job"], 420, every=3)
+    stack.wait("the run-failure sensor's alert at the webhook",
+               lambda: [a for _, a in alerts_named(hook, "QuadraRunFailed") if a["labels"]["run_id"] == bad], 120, every=3)
+    [(check_arrived, check_alert)] = [(t, a) for t, a in alerts_named(hook, "QuadraBackupCheckFailed")
+                                      if a["labels"]["check"] == "integrity"][:1]
+    [(job_arrived, job_alert)] = [(t, a) for t, a in alerts_named(hook, "QuadraJobFailingRepeatedly")
+                                  if a["labels"]["dagster_job"] == "promote_model_job"][:1]
+    [(run_arrived, _)] = [(t, a) for t, a in alerts_named(hook, "QuadraRunFailed") if a["labels"]["run_id"] == bad][:1]
+    PHASES.append(("alert: bad backup", check_arrived - bad_at, "integrity failed -> QuadraBackupCheckFailed at the webhook"))
+    PHASES.append(("alert: job failing twice", job_arrived - twice_at, "2nd failure -> QuadraJobFailingRepeatedly at the webhook"))
+    PHASES.append(("alert: failed run", run_arrived - bad_at, "run-failure sensor -> Alertmanager -> the webhook"))
+    # The payload names the alert and the hour; the bad backup was not materialised, so
+    # freshness still counts from the last good one (the exporter's good-backup time too).
+    assert check_alert["labels"]["partition"] == hour and hour in check_alert["annotations"]["summary"]
+    assert job_alert["labels"]["run_id"] == failing[-1]
+    assert hook.paths[0].startswith("/alerts?token=deploy-test")
+    assert float(stack.prometheus("quadra_backup_last_good_timestamp_seconds")[0]["value"][1]) == before
 
-        stack.wait("both alerts resolved in Alertmanager", resolved, 300, every=5)
-        PHASES.append(("alert resolved", time.time() - fixed_at, "good backup and run -> no longer active in Alertmanager"))
-        assert float(stack.prometheus("quadra_backup_last_good_timestamp_seconds")[0]["value"][1]) > before
+    # Repaired: the chunks whole again, a good backup, a good run of the job; the alerts resolve.
+    flip_chunks(stack, flipped)
+    REPAIRED.append(True)
+    good = stack.launch("backup_job", tags={"dagster/partition": hour})
+    assert stack.wait_for_run(good)["status"] == "SUCCESS", stack.run_messages(good)[-20:]
+    champion = int(float(stack.prometheus("quadra_champion_version")[0]["value"][1]))
+    fixed = stack.launch("promote_model_job", config={"ops": {"promote_version": {"config": {
+        "version": champion, "reason": "deploy test: the champion stays"}}}})
+    assert stack.wait_for_run(fixed)["status"] == "SUCCESS"
+    fixed_at = time.time()
+
+    def resolved() -> bool:
+        names = {a["labels"]["alertname"] for a in stack.active_alerts()}
+        return not names & {"QuadraBackupCheckFailed", "QuadraJobFailingRepeatedly"}
+
+    stack.wait("both alerts resolved in Alertmanager", resolved, 300, every=5)
+    PHASES.append(("alert resolved", time.time() - fixed_at, "good backup and run -> no longer active in Alertmanager"))
+    assert float(stack.prometheus("quadra_backup_last_good_timestamp_seconds")[0]["value"][1]) > before
