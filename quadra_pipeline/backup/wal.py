@@ -218,20 +218,43 @@ def prune(root: str | os.PathLike[str], *, now=_utc_now, policy: RetentionPolicy
     return {"base_backups": removed, "segments": gone}
 
 
+def check_target(kept: KeptRange, target: dt.datetime) -> dt.datetime | None:
+    """`target` if the archive can recover to it, or the base backup's end it names (an older
+    point, as `quadra wal status` prints it: to the second); `WalArchiveError` naming the kept
+    range otherwise. Checked before anything is touched (`make deploy-restore` asks first)."""
+    target = target.astimezone(dt.timezone.utc)
+    if kept.continuous_from is not None and kept.continuous_from <= target <= kept.continuous_to:
+        return target
+    for point in kept.points:
+        if abs((point - target).total_seconds()) < 1:
+            return point
+    raise WalArchiveError(f"cannot recover to {target.isoformat(timespec='seconds')}: the archive keeps {kept.describe()}")
+
+
+#: Where a recovery that cannot see the archive (the stack's server: it mounts no archive, and
+#: its user cannot read the receiver's files) finds the WAL it replays: a folder of the new data
+#: directory, relative, since PostgreSQL runs restore_command in the data directory.
+RECOVERY_WAL = "quadra-recovery-wal"
+
+
 def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str], *, target: dt.datetime | None = None,
-                     archive_mount: str = "/wal-archive", set_aside_stream: bool = True) -> BaseBackup:
+                     archive_mount: str = "/wal-archive", set_aside_stream: bool = True,
+                     copy_wal: bool = False) -> BaseBackup:
     """Unpack the newest base backup that ended before `target` (None: the newest; recovery then
     replays all the archived WAL) into the empty `pgdata`, with the settings PostgreSQL needs to
     recover from the archive mounted at `archive_mount`. Refuses a target outside the kept range.
     `set_aside_stream=False` (a drill, `wal_drill.py`) leaves the archive exactly as it was: the
-    recovered server is thrown away, so the live receiver's folder stays where it is."""
+    recovered server is thrown away, so the live receiver's folder stays where it is, and it may
+    answer read-only queries while it recovers; a real recovery keeps the server closed until it
+    has finished (`hot_standby = off`), so nothing writes to it half-way. `copy_wal=True` copies
+    the WAL the recovery needs into `pgdata/RECOVERY_WAL` instead (delete it once the server is
+    up: `make deploy-restore` does)."""
     root, pgdata = Path(root), Path(pgdata)
     kept = kept_range(root)
+    point = False
     if target is not None:
-        target = target.astimezone(dt.timezone.utc)
-        in_range = kept.continuous_from is not None and kept.continuous_from <= target <= kept.continuous_to
-        if not in_range and target not in kept.points:
-            raise WalArchiveError(f"cannot recover to {target.isoformat(timespec='seconds')}: the archive keeps {kept.describe()}")
+        target = check_target(kept, target)
+        point = target in kept.points  # an older base backup's end: recovered by replaying its own WAL
         if reaches_the_end(kept, target):
             target = None
     candidates = [b for b in base_backups(root) if target is None or b.ended <= target]
@@ -250,21 +273,44 @@ def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str
     # The server recovers into a new timeline; the receiver starts a new folder for it, and the
     # stream so far is set aside (kept: it is what this recovery, and any later one, replays).
     if set_aside_stream:
+        owner = (root / WAL_DIR).stat() if (root / WAL_DIR).is_dir() else root.stat()
         if (root / WAL_DIR).is_dir() and any((root / WAL_DIR).iterdir()):
             os.rename(root / WAL_DIR, root / f"{WAL_DIR}-{_utc_now().strftime('%Y%m%dT%H%M%SZ')}")
         (root / WAL_DIR).mkdir(exist_ok=True)
+        if os.geteuid() == 0:  # run as root (make deploy-restore): the receiver's user writes the new folder
+            os.chown(root / WAL_DIR, owner.st_uid, owner.st_gid)
+            os.chmod(root / WAL_DIR, owner.st_mode & 0o7777)
+    if copy_wal:
+        archive_mount = RECOVERY_WAL
+        if not point:  # an older point is the base backup's end: its own WAL is all it replays
+            _copy_wal(root, chosen, pgdata / RECOVERY_WAL)
     settings = [
         "restore_command = '" + _restore_command(archive_mount) + "'",
         "recovery_target_action = 'promote'",
         "recovery_target_timeline = 'latest'",
     ]
-    if target is not None:
+    if set_aside_stream:
+        settings.append("hot_standby = off")
+    if target is not None and not point:
         settings.append(f"recovery_target_time = '{target.isoformat()}'")
     with open(pgdata / "postgresql.auto.conf", "a") as conf:
         conf.write("\n# Point-in-time recovery (quadra_pipeline.backup.wal)\n" + "\n".join(settings) + "\n")
     (pgdata / "recovery.signal").touch()
     os.chmod(pgdata, 0o700)
     return chosen
+
+
+def _copy_wal(root: Path, chosen: BaseBackup, into: Path) -> None:
+    """The archived segments from the base backup's first on (every stream, every timeline; the
+    one being written too) and the timelines' history files, in the archive's own layout."""
+    first = chosen.start_segment[8:]
+    for folder in stream_dirs(root):
+        wanted = [p for p in folder.iterdir()
+                  if (_SEGMENT.match(p.name) and p.name[8:24] >= first) or p.name.endswith(".history")]
+        if wanted:
+            (into / folder.name).mkdir(parents=True, exist_ok=True)
+            for path in wanted:
+                shutil.copyfile(path, into / folder.name / path.name)
 
 
 def _extract(tar: tarfile.TarFile, into: Path) -> None:

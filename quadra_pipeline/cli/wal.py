@@ -1,15 +1,19 @@
 """`quadra wal ...`: PostgreSQL's continuous archive (base backups and the streamed WAL).
 
     quadra wal status [--json]                  what can be recovered (QUADRA_WAL_ARCHIVE)
+    quadra wal status --to TIME                 whether TIME can be (exit 1 naming the kept range if not)
     quadra wal base-backup                      a base backup now (QUADRA_WAL_URL: a role with REPLICATION)
-    quadra wal prepare-recovery --pgdata DIR [--to TIME]
+    quadra wal prepare-recovery --pgdata DIR [--to TIME] [--copy-wal]
                                                 an empty data directory made ready to recover
-                                                (to TIME, or as far as the archive goes)
+                                                (to TIME, or as far as the archive goes; with
+                                                the WAL it needs inside, for a server that cannot
+                                                read the archive)
     quadra wal drill [--to TIME] [--json]       that recovery, tried: on a throwaway server in a
                                                 temporary folder, every database and the champion
                                                 checked, then all of it removed (backup/wal_drill.py)
 
-The Compose stack runs the last one in `make deploy-restore` (docs/DISASTER_RECOVERY.md).
+The Compose stack runs `status --to` and `prepare-recovery --copy-wal` in `make deploy-restore`
+(docs/DISASTER_RECOVERY.md).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from ..backup.wal import RECOVERY_WAL
 from ._common import CommandError
 
 
@@ -38,6 +43,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="wal_command", metavar="COMMAND", required=True, parser_class=type(parser))
     status = sub.add_parser("status", help="what the archive can recover")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--to", type=_when, default=None,
+                        help="only check that this moment can be recovered: exit 1 naming the kept range if not")
     status.set_defaults(handler=cmd_status)
     base = sub.add_parser("base-backup", help="take a base backup into the archive, then apply retention")
     base.set_defaults(handler=cmd_base_backup)
@@ -46,6 +53,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--to", type=_when, default=None, help="recover to this moment (default: as far as the WAL goes)")
     prepare.add_argument("--archive-mount", default="/wal-archive",
                          help="where the PostgreSQL server will see the archive (default /wal-archive)")
+    prepare.add_argument("--copy-wal", action="store_true",
+                         help=f"for a server that cannot read the archive: copy the WAL the recovery needs into "
+                              f"DIR/{RECOVERY_WAL} (delete it once the server is up)")
     prepare.set_defaults(handler=cmd_prepare)
     drill = sub.add_parser("drill", help="a point-in-time recovery on a throwaway server, checked, then removed",
                            description="Recover the archive to TIME (default: as far as the WAL goes) on a throwaway "
@@ -69,10 +79,17 @@ def _archive() -> Path:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..backup.wal import base_backups, kept_range, newest_wal_time
+    from ..backup.wal import WalArchiveError, base_backups, check_target, kept_range, newest_wal_time
 
     archive = _archive()
     kept, backups = kept_range(archive), base_backups(archive)
+    if args.to is not None:
+        try:
+            target = check_target(kept, args.to)
+        except WalArchiveError as exc:
+            raise CommandError(str(exc)) from None
+        print(f"{target.isoformat()} can be recovered (the archive keeps {kept.describe()})")
+        return 0
     newest = newest_wal_time(archive)
     if args.json:
         print(json.dumps({"archive": str(archive), "recoverable": kept.describe(),
@@ -102,9 +119,13 @@ def cmd_base_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from ..backup.wal import prepare_recovery
+    from ..backup.wal import WalArchiveError, prepare_recovery
 
-    chosen = prepare_recovery(_archive(), args.pgdata, target=args.to, archive_mount=args.archive_mount)
+    try:
+        chosen = prepare_recovery(_archive(), args.pgdata, target=args.to, archive_mount=args.archive_mount,
+                                  copy_wal=args.copy_wal)
+    except WalArchiveError as exc:
+        raise CommandError(str(exc)) from None
     target = args.to.isoformat() if args.to else "as far as the archived WAL goes"
     print(f"{args.pgdata}: base backup {chosen.name} unpacked; PostgreSQL recovers to {target} when it starts")
     return 0

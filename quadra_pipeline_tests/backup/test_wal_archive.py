@@ -13,9 +13,11 @@ import pytest
 
 from quadra_pipeline.backup.wal import (
     BASE_DIR,
+    RECOVERY_WAL,
     WAL_DIR,
     WalArchiveError,
     base_backups,
+    check_target,
     kept_range,
     prepare_recovery,
     prune,
@@ -134,6 +136,52 @@ def _extractall_of_3_11_2(extractall):
             raise TypeError(f"TarFile.extractall() got an unexpected keyword argument {next(iter(unknown))!r}")
         return extractall(self, path, members, numeric_owner=numeric_owner)
     return without_filter
+
+
+def test_a_server_that_cannot_read_the_archive_gets_the_wal_it_needs_in_its_data_directory(archive, tmp_path):
+    """The stack's server mounts no archive and could not read the receiver's files: the WAL from
+    the chosen base backup on (the segment being written and the timelines' histories too) is
+    copied into the new data directory, and restore_command reads it there, relative to it."""
+    (archive / WAL_DIR / "00000002.history").write_text("1\t0/63000000\tno recovery target specified\n")
+    chosen = prepare_recovery(archive, tmp_path / "pgdata", copy_wal=True)
+    assert chosen.start_segment == "000000010000000000000063"  # the newest base backup's
+    copied = tmp_path / "pgdata" / RECOVERY_WAL
+    [stream] = [p.name for p in copied.iterdir()]  # the stream, set aside as wal-<time> for the new timeline
+    assert stream.startswith(f"{WAL_DIR}-")
+    assert sorted(p.name for p in (copied / stream).iterdir()) == [
+        "000000010000000000000063", "000000010000000000000064.partial", "00000002.history"]  # nothing older
+    conf = (tmp_path / "pgdata" / "postgresql.auto.conf").read_text()
+    assert f"restore_command = 'for d in {RECOVERY_WAL}/wal-* {RECOVERY_WAL}/wal; do" in conf
+    assert "hot_standby = off" in conf  # closed until recovered: nothing writes to it half-way
+    assert "recovery_target_time =" not in conf  # as far as the WAL goes
+
+
+def test_an_older_point_as_wal_status_prints_it_recovers_that_base_backups_own_state(archive, tmp_path):
+    kept = kept_range(archive)
+    point = kept.points[-1]  # the newest base backup before the continuous week
+    printed = dt.datetime.fromisoformat(point.isoformat(timespec="seconds"))
+    assert check_target(kept, printed) == point
+    chosen = prepare_recovery(archive, tmp_path / "pgdata", target=printed + dt.timedelta(microseconds=1), copy_wal=True)
+    assert chosen.ended == point
+    conf = (tmp_path / "pgdata" / "postgresql.auto.conf").read_text()
+    assert "recovery_target_time =" not in conf  # its own WAL (pg_wal.tar.gz) is all it replays
+    assert not (tmp_path / "pgdata" / RECOVERY_WAL).exists()
+    with pytest.raises(WalArchiveError, match="cannot recover to .*: the archive keeps any moment from"):
+        check_target(kept, point + dt.timedelta(hours=1))
+
+
+def test_quadra_wal_status_to_answers_before_anything_is_touched(archive, tmp_path, monkeypatch, capsys):
+    """`make deploy-restore TO=...` asks this first, before it removes the server and its volume."""
+    from quadra_pipeline.cli import main
+
+    monkeypatch.setenv("QUADRA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QUADRA_WAL_ARCHIVE", str(archive))
+    monkeypatch.chdir(tmp_path)
+    inside = (NOW - dt.timedelta(days=2)).isoformat()
+    assert main(["wal", "status", "--to", inside]) == 0
+    assert "can be recovered" in capsys.readouterr().out
+    assert main(["wal", "status", "--to", "2026-12-07T12:05:00Z"]) != 0
+    assert "cannot recover to 2026-12-07T12:05:00+00:00: the archive keeps any moment from" in capsys.readouterr().err
 
 
 def test_retention_keeps_a_week_of_wal_and_base_backups_by_the_backup_plan(archive):
