@@ -37,6 +37,7 @@ CHECKS = (
     ("backup", "restore_drill"),
     ("offsite_backup", "offsite_integrity"),
     ("wal_archive", "replication_lag"),
+    ("wal_archive", "pitr_drill"),
     ("sqlite_replica", "replication_lag"),
 )
 

@@ -494,6 +494,26 @@ def test_the_replication_lag_as_its_check_last_measured_it(clean_env):
         assert not labels_of(samples, "quadra_replication_lag_seconds")
 
 
+def test_the_daily_point_in_time_drill_as_its_check_last_ran_it(clean_env):
+    """wal_archive's pitr_drill (base_backup_job's non-blocking check): a failed drill is
+    quadra_asset_check_passed 0 with its info (what QuadraPitrDrillFailed alerts on); the next
+    one passing is 1. No lag is exported for it."""
+    key = dg.AssetKey("wal_archive")
+    with dg.instance_for_test() as instance:
+        def report(passed: bool) -> Samples:
+            instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+                asset_key=key, check_name="pitr_drill", passed=passed, metadata={"target": "2026-12-07T02:29:00+00:00"}))
+            return scrape(QuadraCollector([DagsterSource(instance)]))
+
+        samples = report(False)
+        assert value(samples, "quadra_asset_check_passed", asset="wal_archive", check="pitr_drill") == 0
+        [info] = [labels for labels in labels_of(samples, "quadra_asset_check_info") if labels["check"] == "pitr_drill"]
+        assert info["asset"] == "wal_archive" and info["partition"] == ""
+        assert not labels_of(samples, "quadra_replication_lag_seconds")
+        samples = report(True)
+        assert value(samples, "quadra_asset_check_passed", asset="wal_archive", check="pitr_drill") == 1
+
+
 @pytest.mark.postgres
 def test_the_stacks_exporter_instance_reads_dagsters_postgresql_storage_and_writes_nothing_in_its_home(
         clean_env, tmp_path, monkeypatch):
