@@ -653,10 +653,17 @@ def pull(store: ObjectStore, repository: BackupRepository, *, log: Log | None = 
     """Rebuild a lost local repository from the copy: every backup fetched (each chunk checked),
     then the whole repository verified; `repository.root` must be missing or empty. Returns the ids."""
     root = repository.root
-    if root.exists() and any(p.name not in (".lock",) for p in root.iterdir()):
+    if root.exists() and any(p.name not in (".lock", "lost+found") and not p.name.startswith(".pull-") for p in root.iterdir()):
         raise OffsiteError(f"{root}: the local repository is not empty; pull only rebuilds a lost one "
                            "(move it aside first)")
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.pull-", dir=root.parent if root.parent.exists() else None))
+    # Fetched beside the repository and renamed over it, so it appears whole or not at all; a
+    # repository that is a volume's root (the stack's /backups: its parent is not ours to write,
+    # a mount point cannot be replaced) is fetched inside it and moved in, the head last.
+    inside = root.exists() and (root.is_mount() or not os.access(root.parent, os.W_OK))
+    for stale in root.glob(".pull-*") if inside else []:  # an earlier pull's, killed half-way
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pull-" if inside else f".{root.name}.pull-",
+                                    dir=root if inside else (root.parent if root.parent.exists() else None)))
     try:
         fetched = fetch(store, staging / "repo", keys=repository.policy.keys, keyring=repository.policy.keyring,
                         hmac_key=repository.policy.hmac_key, require_signature=repository.policy.required, log=log)
@@ -667,9 +674,13 @@ def pull(store: ObjectStore, repository: BackupRepository, *, log: Log | None = 
         if problems:
             raise IntegrityError(summarize(f"{store.url}: the off-site copy is damaged; nothing was pulled", problems),
                                  problems)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging / "repo", root)
+        if inside:
+            for item in sorted((staging / "repo").iterdir(), key=lambda p: p.name.startswith("head")):
+                os.replace(item, root / item.name)
+        else:
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(staging / "repo", root)
         repository.chunks.forget()
         return ids
     finally:

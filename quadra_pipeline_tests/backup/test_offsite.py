@@ -201,6 +201,30 @@ def test_restore_and_pull_from_the_copy_when_the_local_repository_is_gone(copy, 
     offsite.push(rebuilt, copy)  # the rebuilt repository extends the same history
 
 
+def test_pull_into_a_repository_that_is_a_volumes_root(copy, tmp_path, monkeypatch):
+    """The stack's repository is the root of its volume (/backups): its parent is not ours and a
+    mount point cannot be renamed over, so the copy is fetched inside it and moved in. A pull
+    interrupted there before is no obstacle."""
+    import pathlib
+    import shutil
+
+    repo = _repo(tmp_path)
+    files = tree(scale=2)
+    _backup(repo, tmp_path / "s1", files)
+    offsite.push(repo, copy)
+    shutil.rmtree(repo.root)
+    repo.root.mkdir()
+    (repo.root / ".pull-left-by-a-kill").mkdir()
+    mount = repo.root
+    real = pathlib.Path.is_mount
+    monkeypatch.setattr(pathlib.Path, "is_mount", lambda self: self == mount or real(self))
+    rebuilt = _repo(tmp_path)
+    assert offsite.pull(copy, rebuilt) == offsite.list_backups(copy)
+    assert rebuilt.history_problems() == [] and all(rebuilt.verify(i).ok for i in rebuilt.backup_ids())
+    assert not [p.name for p in mount.iterdir() if p.name.startswith(".pull-")]  # the killed pull's staging too
+    assert not [p for p in tmp_path.iterdir() if ".pull-" in p.name]  # nothing staged beside the volume
+
+
 def test_quadra_backup_restore_from_the_copy(s3_copy, tmp_path, monkeypatch):
     """`quadra backup offsite push|list|verify` and `quadra backup restore latest --from URL` as a user runs them."""
     from quadra_pipeline.cli import main
