@@ -218,7 +218,7 @@ def prune(root: str | os.PathLike[str], *, now=_utc_now, policy: RetentionPolicy
     return {"base_backups": removed, "segments": gone}
 
 
-def check_target(kept: KeptRange, target: dt.datetime) -> dt.datetime | None:
+def check_target(kept: KeptRange, target: dt.datetime) -> dt.datetime:
     """`target` if the archive can recover to it, or the base backup's end it names (an older
     point, as `quadra wal status` prints it: to the second); `WalArchiveError` naming the kept
     range otherwise. Checked before anything is touched (`make deploy-restore` asks first)."""
