@@ -667,8 +667,11 @@ def pull(store: ObjectStore, repository: BackupRepository, *, log: Log | None = 
     try:
         fetched = fetch(store, staging / "repo", keys=repository.policy.keys, keyring=repository.policy.keyring,
                         hmac_key=repository.policy.hmac_key, require_signature=repository.policy.required, log=log)
-        problems = fetched.history_problems()
         ids = fetched.backup_ids()
+        if not ids:
+            raise OffsiteError(f"{store.url} holds no backup: nothing to pull (is QUADRA_BACKUP_OFFSITE the copy's "
+                               "location, and has a backup been pushed there?)")
+        problems = fetched.history_problems()
         for backup_id in ids:
             problems += fetched.verify(backup_id, read="all").problems
         if problems:

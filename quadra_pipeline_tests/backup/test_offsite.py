@@ -201,6 +201,13 @@ def test_restore_and_pull_from_the_copy_when_the_local_repository_is_gone(copy, 
     offsite.push(rebuilt, copy)  # the rebuilt repository extends the same history
 
 
+def test_pull_from_an_empty_copy_says_so_and_leaves_nothing(copy, tmp_path):
+    rebuilt = _repo(tmp_path)
+    with pytest.raises(offsite.OffsiteError, match="holds no backup: nothing to pull"):
+        offsite.pull(copy, rebuilt)
+    assert not [p for p in tmp_path.iterdir() if ".pull-" in p.name]
+
+
 def test_pull_into_a_repository_that_is_a_volumes_root(copy, tmp_path, monkeypatch):
     """The stack's repository is the root of its volume (/backups): its parent is not ours and a
     mount point cannot be renamed over, so the copy is fetched inside it and moved in. A pull

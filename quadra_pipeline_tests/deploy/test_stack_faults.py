@@ -4,6 +4,7 @@ recovery times go into the phase table printed at the end of `make deploy-test`.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -243,6 +244,8 @@ def test_the_database_server_and_the_backups_lost_recovered_from_the_archive_and
     assert stack.wait_for_run(base)["status"] == "SUCCESS", stack.run_messages(base)[-20:]
     drill = stack.checks_of_latest("wal_archive")["pitr_drill"]  # the daily point-in-time drill, in the image
     assert drill["success"] is True, drill
+    hourly = stack.launch("backup_job", tags={"dagster/partition": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d-%H:00")})
+    assert stack.wait_for_run(hourly)["status"] == "SUCCESS", stack.run_messages(hourly)[-20:]  # pushed off-site too
     status = json.loads(stack.backup_tool_command("wal", "status", "--json").stdout)
     assert status["base_backups"] and status["continuous_from"], status
     assert stack.wait("the replication_lag check evaluated and passing",
