@@ -160,18 +160,19 @@ deploy-rotate-keys: docker-group
 # against what the archive keeps before anything is touched; then the server and its volume are
 # replaced, the newest base backup unpacked into a new volume with the WAL it needs (the server
 # cannot read the archive: another user's files), and the server replays it as far as it goes (or
-# to TO=2026-12-07T10:15:30Z), closed until it is done. Then the copied WAL goes and a fresh base
+# to TO=2026-12-07T10:15:30Z), closed until it is done (its health check waits up to an hour).
+# Then the copied WAL goes (no base backup would take it: it is under pg_wal) and a fresh base
 # backup is taken. docs/DISASTER_RECOVERY.md, "Complete loss of the database server".
 deploy-restore: docker-group
-	$(if $(TO),QUADRA_IMAGE=$(IMAGE) $(COMPOSE) --profile tools run --rm --no-deps -T --entrypoint quadra backup wal status --to $(TO),)
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) --profile tools run --rm --no-deps -T --entrypoint quadra backup wal status --to '$(or $(TO),latest)'
 	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) stop
 	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) rm -fsv postgres
 	docker volume rm -f quadra-pgdata >/dev/null
 	docker volume create --label com.docker.compose.project=quadra --label com.docker.compose.volume=pgdata quadra-pgdata >/dev/null
 	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) --profile tools run --rm --no-deps -T --user 0 --entrypoint quadra \
-		-v quadra-pgdata:/pgdata backup wal prepare-recovery --pgdata /pgdata --copy-wal $(if $(TO),--to $(TO),)
-	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) up -d --wait --wait-timeout 600
-	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) exec -T postgres sh -c 'rm -rf "$$PGDATA/quadra-recovery-wal"'
+		-v quadra-pgdata:/pgdata backup wal prepare-recovery --pgdata /pgdata --copy-wal $(if $(TO),--to '$(TO)',)
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) up -d --wait --wait-timeout 3600
+	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) exec -T postgres sh -c 'rm -rf "$$PGDATA/pg_wal/quadra-recovery-wal"'
 	QUADRA_IMAGE=$(IMAGE) $(COMPOSE) exec -T webserver dagster job launch -w /opt/dagster/app/workspace.yaml -j base_backup_job
 
 # The end-to-end test of the stack (quadra_pipeline_tests/deploy/test_stack.py): stand-ins,

@@ -223,8 +223,14 @@ def check_target(kept: KeptRange, target: dt.datetime) -> dt.datetime:
     point, as `quadra wal status` prints it: to the second); `WalArchiveError` naming the kept
     range otherwise. Checked before anything is touched (`make deploy-restore` asks first)."""
     target = target.astimezone(dt.timezone.utc)
-    if kept.continuous_from is not None and kept.continuous_from <= target <= kept.continuous_to:
-        return target
+    if kept.continuous_from is not None:
+        if kept.continuous_from <= target <= kept.continuous_to:
+            return target
+        # The ends as `quadra wal status` prints them (to the second) are the ends.
+        if kept.continuous_from - dt.timedelta(seconds=1) < target < kept.continuous_from:
+            return kept.continuous_from
+        if kept.continuous_to < target < kept.continuous_to + dt.timedelta(seconds=1):
+            return kept.continuous_to
     for point in kept.points:
         if abs((point - target).total_seconds()) < 1:
             return point
@@ -233,8 +239,14 @@ def check_target(kept: KeptRange, target: dt.datetime) -> dt.datetime:
 
 #: Where a recovery that cannot see the archive (the stack's server: it mounts no archive, and
 #: its user cannot read the receiver's files) finds the WAL it replays: a folder of the new data
-#: directory, relative, since PostgreSQL runs restore_command in the data directory.
-RECOVERY_WAL = "quadra-recovery-wal"
+#: directory, relative, since PostgreSQL runs restore_command in the data directory. Under pg_wal,
+#: whose contents no base backup takes, so a copy left behind never travels into one.
+RECOVERY_WAL = "pg_wal/quadra-recovery-wal"
+#: The settings a recovery writes into postgresql.auto.conf. PostgreSQL never removes them, so a
+#: base backup of a recovered server carries them: each recovery drops the earlier ones first.
+_RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_action", "recovery_target_timeline",
+                  "recovery_target_time", "recovery_target_inclusive", "hot_standby")
+_RECOVERY_HEADER = "# Point-in-time recovery (quadra_pipeline.backup.wal)"
 
 
 def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str], *, target: dt.datetime | None = None,
@@ -246,9 +258,11 @@ def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str
     `set_aside_stream=False` (a drill, `wal_drill.py`) leaves the archive exactly as it was: the
     recovered server is thrown away, so the live receiver's folder stays where it is, and it may
     answer read-only queries while it recovers; a real recovery keeps the server closed until it
-    has finished (`hot_standby = off`), so nothing writes to it half-way. `copy_wal=True` copies
-    the WAL the recovery needs into `pgdata/RECOVERY_WAL` instead (delete it once the server is
-    up: `make deploy-restore` does)."""
+    has finished (`hot_standby = off`), so the services that wait for it (the stack's `db-init`,
+    which writes) do not take a recovering server for a healthy one. `copy_wal=True` copies the
+    WAL the recovery needs into `pgdata/RECOVERY_WAL` instead (delete it once the server is up:
+    `make deploy-restore` does). An older point (a base backup's end) stops as soon as the backup
+    is consistent (`recovery_target = 'immediate'`)."""
     root, pgdata = Path(root), Path(pgdata)
     kept = kept_range(root)
     point = False
@@ -265,11 +279,16 @@ def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str
     if any(pgdata.iterdir()):
         raise WalArchiveError(f"{pgdata} is not empty: recovery starts from an empty data directory")
     folder = root / BASE_DIR / chosen.name
-    with tarfile.open(folder / "base.tar.gz") as tar:
-        _extract(tar, pgdata)
-    (pgdata / "pg_wal").mkdir(exist_ok=True)
-    with tarfile.open(folder / "pg_wal.tar.gz") as tar:
-        _extract(tar, pgdata / "pg_wal")
+    try:
+        with tarfile.open(folder / "base.tar.gz") as tar:
+            _extract(tar, pgdata)
+        (pgdata / "pg_wal").mkdir(exist_ok=True)
+        with tarfile.open(folder / "pg_wal.tar.gz") as tar:
+            _extract(tar, pgdata / "pg_wal")
+    except BaseException:
+        for item in pgdata.iterdir():  # it was empty: left empty, so the same command can run again
+            shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        raise
     # The server recovers into a new timeline; the receiver starts a new folder for it, and the
     # stream so far is set aside (kept: it is what this recovery, and any later one, replays).
     if set_aside_stream:
@@ -280,10 +299,10 @@ def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str
         if os.geteuid() == 0:  # run as root (make deploy-restore): the receiver's user writes the new folder
             os.chown(root / WAL_DIR, owner.st_uid, owner.st_gid)
             os.chmod(root / WAL_DIR, owner.st_mode & 0o7777)
+    shutil.rmtree(pgdata / RECOVERY_WAL, ignore_errors=True)  # never another recovery's
     if copy_wal:
         archive_mount = RECOVERY_WAL
-        if not point:  # an older point is the base backup's end: its own WAL is all it replays
-            _copy_wal(root, chosen, pgdata / RECOVERY_WAL)
+        _copy_wal(root, chosen, pgdata / RECOVERY_WAL, histories_only=point)
     settings = [
         "restore_command = '" + _restore_command(archive_mount) + "'",
         "recovery_target_action = 'promote'",
@@ -291,22 +310,34 @@ def prepare_recovery(root: str | os.PathLike[str], pgdata: str | os.PathLike[str
     ]
     if set_aside_stream:
         settings.append("hot_standby = off")
-    if target is not None and not point:
+    if point:
+        settings.append("recovery_target = 'immediate'")
+    elif target is not None:
         settings.append(f"recovery_target_time = '{target.isoformat()}'")
-    with open(pgdata / "postgresql.auto.conf", "a") as conf:
-        conf.write("\n# Point-in-time recovery (quadra_pipeline.backup.wal)\n" + "\n".join(settings) + "\n")
+    conf = pgdata / "postgresql.auto.conf"
+    kept_lines = [line for line in (conf.read_text().splitlines() if conf.exists() else [])
+                  if line.strip() != _RECOVERY_HEADER and line.split("=")[0].strip() not in _RECOVERY_KEYS]
+    conf.write_text("\n".join([*kept_lines, "", _RECOVERY_HEADER, *settings]) + "\n")
     (pgdata / "recovery.signal").touch()
     os.chmod(pgdata, 0o700)
     return chosen
 
 
-def _copy_wal(root: Path, chosen: BaseBackup, into: Path) -> None:
-    """The archived segments from the base backup's first on (every stream, every timeline; the
-    one being written too) and the timelines' history files, in the archive's own layout."""
+def _copy_wal(root: Path, chosen: BaseBackup, into: Path, *, histories_only: bool = False) -> None:
+    """The timelines' history files (so the recovered server picks a timeline no earlier recovery
+    used) and, unless `histories_only`, the archived segments from the base backup's first on, of
+    its timeline and later ones (the one being written too), in the archive's own layout."""
     first = chosen.start_segment[8:]
+
+    def needed(path: Path) -> bool:
+        if path.name.endswith(".history"):
+            return True
+        match = _SEGMENT.match(path.name)
+        return (not histories_only and match is not None and int(match.group(1), 16) >= chosen.timeline
+                and match.group(2) >= first)
+
     for folder in stream_dirs(root):
-        wanted = [p for p in folder.iterdir()
-                  if (_SEGMENT.match(p.name) and p.name[8:24] >= first) or p.name.endswith(".history")]
+        wanted = [p for p in folder.iterdir() if needed(p)]
         if wanted:
             (into / folder.name).mkdir(parents=True, exist_ok=True)
             for path in wanted:
@@ -315,8 +346,8 @@ def _copy_wal(root: Path, chosen: BaseBackup, into: Path) -> None:
 
 def _extract(tar: tarfile.TarFile, into: Path) -> None:
     """Unpack a base backup's tar with nothing landing outside `into`: tarfile's "data" filter
-    where this Python has it (3.11.4 on; the image's Debian 3.11.2 has not), else the same refusal
-    by hand (an absolute or `..` path, a link leaving the folder, a device)."""
+    where this Python has it (3.11.4 on; the image's Debian 3.11.2 has not), else a stricter
+    refusal by hand (an absolute or `..` path, any link or device)."""
     if hasattr(tarfile, "data_filter"):
         try:
             tar.extractall(into, filter="data")
@@ -324,13 +355,15 @@ def _extract(tar: tarfile.TarFile, into: Path) -> None:
             raise WalArchiveError(f"{tar.name}: refusing it: {exc}") from None
         return
     root = into.resolve()
-    for member in tar.getmembers():
-        target = (root / member.name).resolve()
-        link = (target.parent / member.linkname).resolve() if member.issym() else (root / member.linkname).resolve()
-        if (not target.is_relative_to(root) or member.isdev()
-                or ((member.issym() or member.islnk()) and not link.is_relative_to(root))):
+    members = tar.getmembers()
+    for member in members:
+        if not (member.isfile() or member.isdir()):  # a link could chain its way out; a base backup without
+            raise WalArchiveError(f"{tar.name}: refusing {member.name!r}: only files and folders are "  # tablespaces has none
+                                  "unpacked here (a link or a device could land outside the data directory)")
+        if not (root / member.name).resolve().is_relative_to(root):
             raise WalArchiveError(f"{tar.name}: refusing {member.name!r}, which would land outside {into}")
-    tar.extractall(into)  # noqa: S202 - every member checked above
+        member.mode &= 0o755  # as the data filter: no setuid, nothing writable by others
+    tar.extractall(into, members)  # noqa: S202 - every member checked above
 
 
 def _restore_command(archive_mount: str) -> str:

@@ -1,7 +1,7 @@
 """`quadra wal ...`: PostgreSQL's continuous archive (base backups and the streamed WAL).
 
     quadra wal status [--json]                  what can be recovered (QUADRA_WAL_ARCHIVE)
-    quadra wal status --to TIME                 whether TIME can be (exit 1 naming the kept range if not)
+    quadra wal status --to TIME|latest          whether TIME can be (exit 1 naming the kept range if not)
     quadra wal base-backup                      a base backup now (QUADRA_WAL_URL: a role with REPLICATION)
     quadra wal prepare-recovery --pgdata DIR [--to TIME] [--copy-wal]
                                                 an empty data directory made ready to recover
@@ -37,14 +37,19 @@ def _when(text: str) -> dt.datetime:
     return moment
 
 
+def _when_or_latest(text: str) -> dt.datetime | str:
+    return "latest" if text == "latest" else _when(text)
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("wal", help="PostgreSQL's continuous archive: status, base backups, recovery",
                                  description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="wal_command", metavar="COMMAND", required=True, parser_class=type(parser))
     status = sub.add_parser("status", help="what the archive can recover")
     status.add_argument("--json", action="store_true")
-    status.add_argument("--to", type=_when, default=None,
-                        help="only check that this moment can be recovered: exit 1 naming the kept range if not")
+    status.add_argument("--to", type=_when_or_latest, default=None,
+                        help="only check that this moment (or `latest`: the newest state) can be recovered: exit 1 "
+                             "naming the kept range if not")
     status.set_defaults(handler=cmd_status)
     base = sub.add_parser("base-backup", help="take a base backup into the archive, then apply retention")
     base.set_defaults(handler=cmd_base_backup)
@@ -83,6 +88,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     archive = _archive()
     kept, backups = kept_range(archive), base_backups(archive)
+    if args.to == "latest":
+        if kept.continuous_from is None:
+            raise CommandError(f"{archive}: nothing can be recovered as far as the WAL goes: the archive keeps "
+                               f"{kept.describe()}")
+        print(f"the newest state ({kept.continuous_to.isoformat()}) can be recovered (the archive keeps {kept.describe()})")
+        return 0
     if args.to is not None:
         try:
             target = check_target(kept, args.to)
