@@ -38,6 +38,7 @@ checked as written). `pull` fetches every backup, rebuilding a lost local reposi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -649,19 +650,38 @@ def restore(store: ObjectStore, backup_id: str, target: Path, *, keys: KeyPair |
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+#: Left in a repository while a pull moves the fetched copy into it (a volume's root); a pull
+#: that finds it knows the content is its own half-finished move and starts again.
+PULL_MOVING = ".pull-moving"
+_NOT_THE_REPOSITORY = (".lock", "lost+found")
+
+
 def pull(store: ObjectStore, repository: BackupRepository, *, log: Log | None = None) -> list[str]:
     """Rebuild a lost local repository from the copy: every backup fetched (each chunk checked),
-    then the whole repository verified; `repository.root` must be missing or empty. Returns the ids."""
+    then the whole repository verified; `repository.root` must be missing or empty (its lock file,
+    `lost+found` and an earlier pull's leftovers aside). Returns the ids."""
     root = repository.root
-    if root.exists() and any(p.name not in (".lock", "lost+found") and not p.name.startswith(".pull-") for p in root.iterdir()):
-        raise OffsiteError(f"{root}: the local repository is not empty; pull only rebuilds a lost one "
-                           "(move it aside first)")
     # Fetched beside the repository and renamed over it, so it appears whole or not at all; a
     # repository that is a volume's root (the stack's /backups: its parent is not ours to write,
-    # a mount point cannot be replaced) is fetched inside it and moved in, the head last.
+    # a mount point cannot be replaced) is fetched inside it and moved in, under its lock (an
+    # hourly backup waits), the chunks first and the head last.
     inside = root.exists() and (root.is_mount() or not os.access(root.parent, os.W_OK))
-    for stale in root.glob(".pull-*") if inside else []:  # an earlier pull's, killed half-way
-        shutil.rmtree(stale, ignore_errors=True)
+    with repository.lock(blocking=True) if inside else contextlib.nullcontext():
+        if inside and (root / PULL_MOVING).exists():  # an earlier pull killed while it moved in
+            for item in root.iterdir():
+                if item.name not in _NOT_THE_REPOSITORY:
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+        if root.exists() and any(p.name not in _NOT_THE_REPOSITORY and not p.name.startswith(".pull-")
+                                 for p in root.iterdir()):
+            raise OffsiteError(f"{root}: the local repository is not empty; pull only rebuilds a lost one "
+                               "(move it aside first)")
+        for stale in root.glob(".pull-*") if inside else []:  # an earlier pull's, killed while fetching
+            shutil.rmtree(stale, ignore_errors=True)
+        return _pull(store, repository, inside, log)
+
+
+def _pull(store: ObjectStore, repository: BackupRepository, inside: bool, log: Log | None) -> list[str]:
+    root = repository.root
     staging = Path(tempfile.mkdtemp(prefix=".pull-" if inside else f".{root.name}.pull-",
                                     dir=root if inside else (root.parent if root.parent.exists() else None)))
     try:
@@ -678,8 +698,13 @@ def pull(store: ObjectStore, repository: BackupRepository, *, log: Log | None = 
             raise IntegrityError(summarize(f"{store.url}: the off-site copy is damaged; nothing was pulled", problems),
                                  problems)
         if inside:
-            for item in sorted((staging / "repo").iterdir(), key=lambda p: p.name.startswith("head")):
-                os.replace(item, root / item.name)
+            (root / PULL_MOVING).touch()
+            last = ("manifests", "history")  # what names the rest goes in after it, the head at the very end
+            for item in sorted((staging / "repo").iterdir(),
+                               key=lambda p: (p.name.startswith("head"), p.name in last, p.name)):
+                if item.name != ".lock":
+                    os.replace(item, root / item.name)
+            (root / PULL_MOVING).unlink()
         else:
             if root.exists():
                 shutil.rmtree(root)

@@ -210,8 +210,8 @@ def test_pull_from_an_empty_copy_says_so_and_leaves_nothing(copy, tmp_path):
 
 def test_pull_into_a_repository_that_is_a_volumes_root(copy, tmp_path, monkeypatch):
     """The stack's repository is the root of its volume (/backups): its parent is not ours and a
-    mount point cannot be renamed over, so the copy is fetched inside it and moved in. A pull
-    interrupted there before is no obstacle."""
+    mount point cannot be renamed over, so the copy is fetched inside it and moved in. Pulls
+    killed there before (while fetching, while moving in) are no obstacle."""
     import pathlib
     import shutil
 
@@ -222,13 +222,17 @@ def test_pull_into_a_repository_that_is_a_volumes_root(copy, tmp_path, monkeypat
     shutil.rmtree(repo.root)
     repo.root.mkdir()
     (repo.root / ".pull-left-by-a-kill").mkdir()
+    (repo.root / "chunks" / "ab").mkdir(parents=True)  # and a pull killed while it moved in
+    (repo.root / "chunks" / "ab" / "half").write_bytes(b"x")
+    (repo.root / offsite.PULL_MOVING).touch()
     mount = repo.root
     real = pathlib.Path.is_mount
     monkeypatch.setattr(pathlib.Path, "is_mount", lambda self: self == mount or real(self))
     rebuilt = _repo(tmp_path)
     assert offsite.pull(copy, rebuilt) == offsite.list_backups(copy)
     assert rebuilt.history_problems() == [] and all(rebuilt.verify(i).ok for i in rebuilt.backup_ids())
-    assert not [p.name for p in mount.iterdir() if p.name.startswith(".pull-")]  # the killed pull's staging too
+    assert not [p.name for p in mount.iterdir() if p.name.startswith(".pull-")]  # the killed pulls' leftovers too
+    assert not (mount / "chunks" / "ab" / "half").exists()
     assert not [p for p in tmp_path.iterdir() if ".pull-" in p.name]  # nothing staged beside the volume
 
 
