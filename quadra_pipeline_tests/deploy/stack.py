@@ -76,8 +76,8 @@ def remove_leftovers() -> list[str]:
     containers += docker("ps", "-aq", "--filter", f"label={RUN_LABEL}").stdout.split()
     if containers:
         docker("rm", "-f", *containers, check=False)
-    volumes = docker("volume", "ls", "-q", "--filter", f"name={PROJECT}-").stdout.split()
-    if volumes:
+    volumes = docker("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}").stdout.split()
+    if volumes:  # the stack's own (Compose labels them; deploy-restore's new pgdata volume too)
         docker("volume", "rm", "-f", *volumes, check=False)
     docker("network", "rm", PROJECT, check=False)
     return leftovers()
