@@ -149,6 +149,25 @@ def _drill(system: SimpleNamespace, *args: str, check: int) -> dict | str:
     return json.loads(done.stdout) if check == 0 else done.stdout + done.stderr
 
 
+def _wait_until_streamed(system: SimpleNamespace, timeout: float = 60) -> None:
+    """Until the receiver has flushed everything the server has written (a condition, not a
+    sleep: under load the stream may take longer than any fixed pause)."""
+    engine = sa.create_engine(f"{system.admin_url}/postgres")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as connection:
+                behind = connection.execute(sa.text(
+                    "select pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn) from pg_stat_replication "
+                    "where application_name = 'pg_receivewal'")).scalar()
+            if behind is not None and behind <= 0:
+                return
+            assert time.monotonic() < deadline, f"the WAL receiver is still {behind} bytes behind after {timeout} s"
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
 def _no_scratch_server_left(system: SimpleNamespace) -> None:
     assert not list(system.tmp.iterdir())  # the scratch folders are gone
     running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
@@ -185,7 +204,7 @@ def test_the_drill_recovers_to_a_time_and_checks_every_database_and_the_champion
         promote(registry, engine, 2, moved_by="test", reason="after the drill's instant")
         engine.dispose()
         v1_checkpoint = stored_file(registry, 1, "extra_files/checkpoint.pt")
-    time.sleep(1.5)  # streamed with --synchronous: well within this
+    _wait_until_streamed(system)  # every commit above is in the archive (flushed by the receiver)
     archive = system.base / "archive"
     before = sorted(p.name for p in archive.iterdir())
 

@@ -22,6 +22,12 @@ ops:
   train_model:
     config: {{batches: {batches}, field_size: 24, log_every: 1, checkpoint_every: 10{extra}}}
 """
+#: The champion gate open to any model (run config to append): the crash tests check recovery, not
+#: the model, and which of two runs registers first (and so becomes the champion the other is
+#: gated against) depends on the order the daemon dequeues them.
+GATE_OPEN = """  registered_model:
+    config: {tolerance: 1.0}
+"""
 
 
 def run_yaml(path: Path, batches: int, **extra: object) -> Path:

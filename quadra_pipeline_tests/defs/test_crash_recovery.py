@@ -17,6 +17,7 @@ from quadra_pipeline.defs.runs import dead_runs
 from quadra_pipeline.defs.runs.dead_runs import WORKER_TAG, Worker, _boot_id, _pid_namespace, _start_time, fail_dead_runs
 from quadra_pipeline.defs.runs.sensors import dead_run_sensor
 from quadra_pipeline_tests.defs.crash import (
+    GATE_OPEN,
     batches_in_sql,
     cpu_seconds,
     kill_group,
@@ -150,7 +151,9 @@ def test_a_run_killed_under_the_daemon_is_failed_retried_from_its_checkpoint_and
     queued behind it (tag limit quadra/training: 1) runs too. Nobody touches the UI."""
     env = environment(tmp_path)
     launch = ["dagster", "job", "launch", "-j", "training_job", "-w", "workspace.yaml"]
-    run([*launch, "--config", str(run_yaml(tmp_path / "long.yaml", 400))], env)
+    long_run = run_yaml(tmp_path / "long.yaml", 400)
+    long_run.write_text(long_run.read_text() + GATE_OPEN)
+    run([*launch, "--config", str(long_run)], env)
     daemon = Background(["dagster-daemon", "run", "-w", "workspace.yaml"], env, tmp_path / "daemon.log")
     try:
         deadline = time.monotonic() + 240
@@ -161,7 +164,7 @@ def test_a_run_killed_under_the_daemon_is_failed_retried_from_its_checkpoint_and
                 break
             assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()[-3000:]
             time.sleep(0.5)
-        (tmp_path / "small.yaml").write_text(SMALL_RUN)
+        (tmp_path / "small.yaml").write_text(SMALL_RUN + GATE_OPEN)
         run([*launch, "--config", str(tmp_path / "small.yaml")], env)  # queued behind the training run
         subprocess.run(["kill", "-9", str(worker.pid)], check=True)  # the OOM kill
         killed = time.monotonic()
