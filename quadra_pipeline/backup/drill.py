@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import postgres
+from .pitr_drill import sqlite_query
 from .errors import BackupError
 from .service import BackupService, table_counts
 from .sources import ARTIFACTS, MLFLOW_DB, PROJECT_DB
@@ -108,15 +109,7 @@ def _check_sqlite(result: DrillResult, db: Path, counts: dict) -> Any:
         result.fail(f"{rel}: integrity_check says {status}")
     _compare(result, rel, actual, counts)
     result.checked[rel] = {"tables": len(actual), "rows": sum(actual.values())}
-
-    def query(sql: str, **params: Any) -> list[tuple]:
-        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            return connection.execute(sql, params).fetchall()
-        finally:
-            connection.close()
-
-    return query
+    return sqlite_query(db)
 
 
 def _check_postgres(result: DrillResult, part: str, dump: Path, counts: dict, url: str, scratch: list) -> Any:
